@@ -1,0 +1,82 @@
+"""Checks on a capture before anything trains: clear errors naming the file at fault.
+
+nerfstudio's parsers accept a NaN pose silently (and its auto-orientation then spreads
+the NaN to every camera) and open images only when first sampled. We check the raw
+`transforms.json` and every image up front instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class CaptureError(ValueError):
+    """The capture on disk is unusable; the message names the file and the problem."""
+
+
+def load_image_uint8(path: Path, scale_factor: float = 1.0) -> torch.Tensor:
+    """[H, W, 3] uint8, resized like nerfstudio's InputDataset when scale_factor != 1."""
+    path = Path(path)
+    if not path.exists():
+        raise CaptureError(f"{path}: image file missing")
+    try:
+        with Image.open(path) as im:
+            if scale_factor != 1.0:
+                w, h = im.size
+                im = im.resize((int(w * scale_factor), int(h * scale_factor)), resample=Image.Resampling.BILINEAR)
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise CaptureError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+    return torch.from_numpy(arr.copy())
+
+
+def check_transforms_json(data: Path) -> None:
+    """Validate a nerfstudio capture's transforms.json, if the capture has one."""
+    data = Path(data)
+    path = data / "transforms.json" if data.is_dir() else data
+    if data.is_dir() and not path.exists():
+        return  # not a nerfstudio-data capture (e.g. colmap layout): nothing to check here
+    if not path.exists():
+        raise CaptureError(f"{path}: capture not found")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CaptureError(f"{path}: not valid JSON ({e})") from e
+    frames = meta.get("frames")
+    if not frames:
+        raise CaptureError(f"{path}: no frames")
+    bad_pose, missing = [], []
+    for i, frame in enumerate(frames):
+        name = frame.get("file_path", f"frame {i}")
+        m = frame.get("transform_matrix")
+        try:
+            ok = m is not None and len(m) in (3, 4) and all(len(r) == 4 and all(math.isfinite(float(v)) for v in r) for r in m)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            bad_pose.append(name)
+        if not (path.parent / name).exists():
+            missing.append(str(path.parent / name))
+    if bad_pose:
+        raise CaptureError(f"{path}: non-finite or malformed transform_matrix for {_names(bad_pose)}")
+    if missing:
+        raise CaptureError(f"{path}: image files missing: {_names(missing)}")
+
+
+def check_cameras(camera_to_worlds: torch.Tensor, image_names: Sequence) -> None:
+    """Poses after parsing must be finite (any dataparser)."""
+    bad = (~torch.isfinite(camera_to_worlds.reshape(len(camera_to_worlds), -1)).all(-1)).nonzero().flatten().tolist()
+    if bad:
+        raise CaptureError(f"non-finite camera pose for {_names([str(image_names[i]) for i in bad])}")
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{shown} (and {len(names) - limit} more)" if len(names) > limit else shown

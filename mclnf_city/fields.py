@@ -1,0 +1,219 @@
+"""Per-block fields: one architecture, one instance per block.
+
+A `BlockField` is a multi-resolution hash grid with small density and colour heads
+(appearance embedding per training image, as nerfacto has) plus a far-field head that
+colours what lies beyond the city box (sky, horizon) from the view direction.
+
+Each block works in its own local coordinates: its expanded box maps to [-1, 1]^3 and
+everything beyond is contracted (L-inf scene contraction) into [-2, 2]^3, so the block
+can also explain the not-yet-trained space its rays cross, while rendering only ever
+queries it inside its own region.
+
+The geometry of a block (frame, box) lives in buffers; the learnable weights are the
+parameters. θ_shared (the prior) is exactly the parameter set: `prior_state` and
+`load_prior` move it in and out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Literal, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from nerfstudio.field_components.activations import trunc_exp
+from nerfstudio.field_components.encodings import HashEncoding, SHEncoding
+from nerfstudio.field_components.mlp import MLP
+from nerfstudio.field_components.spatial_distortions import SceneContraction
+
+_NOTICE_SHOWN = False
+
+
+def resolve_implementation(requested: Literal["tcnn", "torch"], device: torch.device | str) -> Literal["tcnn", "torch"]:
+    """tiny-cuda-nn when asked for, importable and on CUDA; else torch (one notice per process)."""
+    global _NOTICE_SHOWN
+    chosen: Literal["tcnn", "torch"] = "torch"
+    reason = "requested"
+    if requested == "tcnn":
+        if torch.device(device).type != "cuda":
+            reason = "tcnn needs a CUDA device"
+        else:
+            try:
+                import tinycudann  # noqa: F401
+
+                chosen, reason = "tcnn", "requested"
+            except ImportError:
+                reason = "tinycudann is not installed"
+    if not _NOTICE_SHOWN:
+        print(f"[mclnf-city] field implementation: {chosen} ({reason})")
+        _NOTICE_SHOWN = True
+    return chosen
+
+
+@dataclass
+class BlockFieldSpec:
+    """Architecture of every block (prior, blocks and checkpoints must agree on it)."""
+
+    num_levels: int = 12
+    """Hash-grid levels."""
+    base_res: int = 16
+    """Resolution of the coarsest level, over the block's contracted [0, 1]^3 cube."""
+    max_res: int = 1024
+    """Resolution of the finest level (the block's own box spans half of it)."""
+    log2_hashmap_size: int = 15
+    """log2 of the hash table size per level."""
+    features_per_level: int = 2
+    """Features stored per table entry."""
+    hidden_dim: int = 64
+    """Width of the density head."""
+    geo_feat_dim: int = 15
+    """Geometry features passed from the density head to the colour head."""
+    hidden_dim_color: int = 64
+    """Width of the colour head."""
+    appearance_embedding_dim: int = 16
+    """Per-image appearance embedding (0 disables it)."""
+    far_field_hidden_dim: int = 32
+    """Width of the far-field (sky) head."""
+
+
+class BlockField(nn.Module):
+    """The sub-module of one block."""
+
+    def __init__(self, spec: BlockFieldSpec, num_images: int, implementation: Literal["tcnn", "torch"] = "torch"):
+        super().__init__()
+        self.spec = spec
+        impl = implementation
+        self.contraction = SceneContraction(order=float("inf"))
+        growth = (spec.max_res / spec.base_res) ** (1 / max(spec.num_levels - 1, 1))
+        self.encoding = HashEncoding(
+            num_levels=spec.num_levels,
+            min_res=spec.base_res,
+            max_res=spec.max_res,
+            log2_hashmap_size=spec.log2_hashmap_size,
+            features_per_level=spec.features_per_level,
+            implementation=impl,
+        )
+        assert abs(self.encoding.growth_factor - growth) < 1e-6
+        self.density_head = MLP(
+            in_dim=self.encoding.get_out_dim(),
+            num_layers=2,
+            layer_width=spec.hidden_dim,
+            out_dim=1 + spec.geo_feat_dim,
+            activation=nn.ReLU(),
+            implementation=impl,
+        )
+        self.direction_encoding = SHEncoding(levels=4, implementation=impl)
+        dim_app = spec.appearance_embedding_dim
+        self.appearance = nn.Embedding(num_images, dim_app) if dim_app > 0 else None
+        if self.appearance is not None:
+            nn.init.zeros_(self.appearance.weight)  # start neutral: unseen test views use the mean
+        self.color_head = MLP(
+            in_dim=self.direction_encoding.get_out_dim() + spec.geo_feat_dim + dim_app,
+            num_layers=3,
+            layer_width=spec.hidden_dim_color,
+            out_dim=3,
+            activation=nn.ReLU(),
+            out_activation=nn.Sigmoid(),
+            implementation=impl,
+        )
+        self.far_field_head = MLP(
+            in_dim=self.direction_encoding.get_out_dim(),
+            num_layers=2,
+            layer_width=spec.far_field_hidden_dim,
+            out_dim=3,
+            activation=nn.ReLU(),
+            out_activation=nn.Sigmoid(),
+            implementation=impl,
+        )
+        # Block geometry: world -> city rotation, city origin, box centre and half size.
+        self.register_buffer("block_id", torch.tensor(-1))
+        self.register_buffer("rotation", torch.eye(3))
+        self.register_buffer("origin", torch.zeros(3))
+        self.register_buffer("box_center", torch.zeros(3))
+        self.register_buffer("box_half", torch.ones(3))
+        # Which training images belong to the block (their mean embedding renders unseen views).
+        self.register_buffer("image_mask", torch.zeros(num_images, dtype=torch.bool))
+
+    # ----- geometry -----
+    def set_geometry(self, block_id: int, rotation: Tensor, origin: Tensor, box: Tensor, image_mask: Tensor) -> None:
+        """Place the field on a block: box is its [2, 3] expanded box in the city frame."""
+        with torch.no_grad():
+            self.block_id.fill_(block_id)
+            self.rotation.copy_(rotation)
+            self.origin.copy_(origin)
+            self.box_center.copy_(box.mean(0))
+            self.box_half.copy_((box[1] - box[0]) / 2)
+            self.image_mask.copy_(image_mask)
+
+    def local_coordinates(self, positions: Tensor) -> Tensor:
+        """World positions -> [0, 1]^3 grid coordinates (expanded box -> [0.25, 0.75])."""
+        city = (positions - self.origin) @ self.rotation.T
+        local = (city - self.box_center) / self.box_half
+        return (self.contraction(local) + 2.0) / 4.0
+
+    # ----- queries -----
+    def density(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
+        """positions [N, 3] (world) -> density [N, 1], geometry features [N, geo_feat_dim]."""
+        x = self.local_coordinates(positions)
+        h = self.density_head(self.encoding(x))
+        density = trunc_exp(h[..., :1].to(positions) - 1.0)
+        return density, h[..., 1:]
+
+    def forward(self, positions: Tensor, directions: Tensor, camera_indices: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """positions, directions [N, 3]; camera_indices [N] or None -> density [N, 1], rgb [N, 3]."""
+        density, geo = self.density(positions)
+        d = self._encode_directions(directions)
+        parts = [d, geo]
+        if self.appearance is not None:
+            parts.append(self._embedding(camera_indices, len(positions), positions))
+        rgb = self.color_head(torch.cat(parts, dim=-1)).to(positions)
+        return density, rgb
+
+    def far_field(self, directions: Tensor) -> Tensor:
+        """Colour [N, 3] of what lies beyond the city box, seen along unit directions [N, 3]."""
+        return self.far_field_head(self._encode_directions(directions)).to(directions)
+
+    def _encode_directions(self, directions: Tensor) -> Tensor:
+        # tcnn's SH encoding takes directions mapped to [0, 1]; nerfstudio's torch path takes
+        # unit vectors as they are (nerfacto feeds both the [0, 1] form, which is wrong on torch).
+        if self.direction_encoding.tcnn_encoding is not None:
+            return self.direction_encoding((directions + 1.0) / 2.0)
+        return self.direction_encoding(directions)
+
+    def _embedding(self, camera_indices: Optional[Tensor], n: int, like: Tensor) -> Tensor:
+        assert self.appearance is not None
+        if self.training and camera_indices is not None:
+            return self.appearance(camera_indices.long().clamp(0, self.appearance.num_embeddings - 1))
+        # Unseen (test) views get the mean embedding of the block's own training images.
+        mask = self.image_mask
+        w = self.appearance.weight[mask].mean(0) if mask.any() else torch.zeros_like(self.appearance.weight[0])
+        return w.to(like).expand(n, -1)
+
+    # ----- prior (θ_shared) -----
+    def prior_state(self) -> Dict[str, Tensor]:
+        """The learnable weights only: what θ_shared is made of."""
+        return {k: v.detach().clone() for k, v in self.named_parameters()}
+
+    def load_prior(self, state: Dict[str, Tensor], source: str = "prior") -> None:
+        """Reset every parameter to θ_shared (strict: names and shapes must match)."""
+        own = dict(self.named_parameters())
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(f"{source} does not match the block architecture: missing {missing}, unexpected {extra}")
+        with torch.no_grad():
+            for k, p in own.items():
+                if p.shape != state[k].shape:
+                    raise ValueError(f"{source}: {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
+                p.copy_(state[k])
+
+    def load_block_state(self, state: Dict[str, Tensor], what: str) -> None:
+        """Strict load of a full block state (parameters and geometry), with a clear error."""
+        own = self.state_dict()
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(f"{what} does not match the block architecture: missing {missing}, unexpected {extra}")
+        for k, v in own.items():
+            if v.shape != state[k].shape:
+                raise ValueError(f"{what}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+        self.load_state_dict(state, strict=True)

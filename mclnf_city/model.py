@@ -1,0 +1,249 @@
+"""The city model: one trainable *active slot* plus frozen finished blocks.
+
+All blocks share one architecture, so the model holds a single trainable `BlockField`
+(the active slot) that is reset from θ_shared when a block starts. Finished blocks are
+frozen copies (no grad, no optimizer state) read from the `CityStore` on demand into a
+small LRU cache, so memory is bounded by the active block and the blocks the current
+rays need, not by the size of the city. Only the active slot is in `state_dict`.
+
+Rendering a ray: uniform samples on the ray's segment inside the city box, one
+importance pass, every sample routed to the block whose region holds it (see
+`_module_keys` for who owns what while training), one compositing pass, and the
+far-field colour of the block where the ray leaves the city for what remains.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Tuple, Type
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.model_components.renderers import DepthRenderer
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+
+from mclnf_city.fields import BlockField, BlockFieldSpec, resolve_implementation
+from mclnf_city.partition import BlockPartition
+from mclnf_city.rendering import composite, route
+from mclnf_city.store import CityStore
+
+NO_MODULE, ACTIVE = -1, -2
+
+
+@dataclass
+class CityModelConfig(ModelConfig):
+    """Block-partitioned city model (MCL-NF)."""
+
+    _target: Type = field(default_factory=lambda: CityModel)
+    enable_collider: bool = False
+    """Unused: the model clips rays to the city box itself."""
+    field: BlockFieldSpec = field(default_factory=BlockFieldSpec)
+    """Architecture of every block (hash grid, heads, appearance embedding)."""
+    implementation: Literal["tcnn", "torch"] = "tcnn"
+    """tcnn when tiny-cuda-nn is importable and the device is CUDA, else torch (a notice is printed)."""
+    num_coarse_samples: int = 32
+    """Uniform samples per ray inside the city box (density only, no gradient)."""
+    num_fine_samples: int = 32
+    """Importance samples per ray, drawn from the coarse weights (rendered with the coarse ones)."""
+    max_loaded_blocks: int = 8
+    """Finished blocks kept in memory at once (least recently used are dropped and re-read)."""
+    eval_num_rays_per_chunk: int = 4096
+    """Rays rendered at once when rendering whole images."""
+
+
+class BlockCache:
+    """Finished blocks, frozen, read from the store on demand, least recently used dropped."""
+
+    def __init__(self, store: CityStore, make_field, capacity: int):
+        self.store, self.make_field, self.capacity = store, make_field, max(1, capacity)
+        self._blocks: "OrderedDict[int, BlockField]" = OrderedDict()
+
+    def put(self, b: int, module: BlockField) -> None:
+        self._blocks[b] = module
+        self._blocks.move_to_end(b)
+        while len(self._blocks) > self.capacity:
+            self._blocks.popitem(last=False)
+
+    def get(self, b: int, device) -> BlockField:
+        if b in self._blocks:
+            self._blocks.move_to_end(b)
+            return self._blocks[b]
+        module = self.make_field()
+        module.load_block_state(self.store.load_block(b), what=f"block {b} ({self.store.root})")
+        self.put(b, freeze(module).to(device))
+        return self._blocks[b]
+
+    def loaded(self) -> List[int]:
+        return list(self._blocks)
+
+
+def freeze(module: BlockField) -> BlockField:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+class CityModel(Model):
+    """See module docstring. Built by `CityPipeline`, which passes the partition and store."""
+
+    config: CityModelConfig
+
+    def populate_modules(self):
+        super().populate_modules()
+        self.collider = None
+        self.partition: BlockPartition = self.kwargs["partition"]
+        self.store: CityStore = self.kwargs["store"]
+        self.prior: Dict[str, Tensor] = self.kwargs["prior"]
+        self.block_image_masks: Dict[int, Tensor] = self.kwargs["block_image_masks"]
+        device = self.kwargs.get("device", "cpu")
+        impl = resolve_implementation(self.config.implementation, device)
+        self.spec = self.config.field
+        self.active = BlockField(self.spec, self.num_train_data, impl)
+        self.active.load_prior(self.prior)
+        self.register_buffer("active_block", torch.tensor(-1))
+        self.frozen = BlockCache(self.store, lambda: BlockField(self.spec, self.num_train_data, impl), self.config.max_loaded_blocks)
+        self.done_blocks = set(self.store.done_blocks())
+        self._expanded = self.partition.expanded_boxes().float()
+        self.uniform_sampler = UniformSampler(num_samples=self.config.num_coarse_samples)
+        self.pdf_sampler = PDFSampler(num_samples=self.config.num_fine_samples)
+        self.depth_renderer = DepthRenderer(method="expected")
+        self.solo_block: Optional[int] = None
+
+    # ------------------------------------------------------------------ stream
+    def start_block(self, b: int) -> None:
+        """Reset the active slot to θ_shared and place it on block b."""
+        self.active.load_prior(self.prior)
+        self.active.set_geometry(
+            b,
+            self.partition.rotation.float(),
+            self.partition.origin.float(),
+            self._expanded[b],
+            self.block_image_masks[b],
+        )
+        self.active_block.fill_(b)
+
+    def block_finished(self, b: int) -> None:
+        """Keep a frozen copy of the finished active slot (what was just written to the store)."""
+        assert int(self.active_block) == b
+        self.frozen.put(b, freeze(copy.deepcopy(self.active)))
+        self.done_blocks.add(b)
+
+    def get_param_groups(self) -> Dict[str, List[Parameter]]:
+        return {"fields": list(self.active.parameters())}
+
+    # ------------------------------------------------------------------ routing
+    def _module_keys(self, owners: Tensor) -> Tensor:
+        """Which module evaluates each sample: a finished block id, ACTIVE, or NO_MODULE.
+
+        With `solo_block` set, only that finished block answers, for its own region (used to
+        check that a block renders bit-identically later). Otherwise finished blocks always
+        answer for their own region. While training, the active slot
+        answers for every other sample too (its contracted outer space explains what the
+        unfinished blocks will later hold); when rendering, only for its own region.
+        """
+        keys = torch.full_like(owners, NO_MODULE)
+        if self.solo_block is not None:  # one block alone: its own region, nothing else
+            b = self.solo_block
+            key = ACTIVE if b == int(self.active_block) and b not in self.done_blocks else b
+            return torch.where(owners == b, torch.full_like(owners, key), keys)
+        if self.done_blocks:
+            done = torch.tensor(sorted(self.done_blocks), device=owners.device)
+            is_done = torch.isin(owners, done)
+            keys = torch.where(is_done, owners, keys)
+        else:
+            is_done = torch.zeros_like(owners, dtype=torch.bool)
+        a = int(self.active_block)
+        if a >= 0:
+            mine = ~is_done if self.training else (owners == a) & ~is_done
+            keys = torch.where(mine, torch.full_like(owners, ACTIVE), keys)
+        return keys
+
+    def _module(self, key: int, device) -> Optional[BlockField]:
+        if key == ACTIVE:
+            return self.active
+        if key == NO_MODULE:
+            return None
+        return self.frozen.get(key, device)
+
+    def _query(self, ray_samples: RaySamples, with_rgb: bool) -> Tuple[Tensor, ...]:
+        positions = ray_samples.frustums.get_positions()
+        shape = positions.shape[:-1]
+        flat = positions.reshape(-1, 3)
+        dirs = ray_samples.frustums.directions.reshape(-1, 3)
+        cams = ray_samples.camera_indices.reshape(-1) if ray_samples.camera_indices is not None else None
+        keys = self._module_keys(self.partition.locate(flat))
+
+        def evaluate(module: BlockField, idx: Tensor):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and module is self.active):
+                if with_rgb:
+                    return module(flat[idx], dirs[idx], None if cams is None else cams[idx])
+                return (module.density(flat[idx])[0],)
+
+        outs = route(keys, lambda k: self._module(k, flat.device), evaluate, (1, 3) if with_rgb else (1,), flat)
+        return tuple(o.reshape(*shape, -1) for o in outs)
+
+    def _background(self, origins: Tensor, directions: Tensor, far: Tensor) -> Tensor:
+        """Far-field colour, from the block (or active slot) where each ray leaves the city."""
+        exit_points = origins + directions * far[:, None]
+        owners = self.partition.block_of_xy(exit_points)
+        if self.solo_block is not None:
+            owners = torch.full_like(owners, self.solo_block)
+        keys = self._module_keys(owners)
+
+        def evaluate(module: BlockField, idx: Tensor):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and module is self.active):
+                return (module.far_field(directions[idx]),)
+
+        return route(keys, lambda k: self._module(k, origins.device), evaluate, (3,), origins)[0]
+
+    # ------------------------------------------------------------------ rendering
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        origins, directions = ray_bundle.origins, ray_bundle.directions
+        near, far, hit = self.partition.city_segment(origins, directions)
+        ray_bundle.nears = near[:, None]
+        ray_bundle.fars = torch.maximum(far, near + 1e-6)[:, None]
+        coarse = self.uniform_sampler(ray_bundle)
+        with torch.no_grad():
+            (coarse_density,) = self._query(coarse, with_rgb=False)
+            coarse_weights = coarse.get_weights(coarse_density)
+        fine = self.pdf_sampler(ray_bundle, coarse, coarse_weights)
+        density, rgb = self._query(fine, with_rgb=True)
+        weights = fine.get_weights(density) * hit[:, None, None]
+        background = self._background(origins, directions, far)
+        rgb, accumulation = composite(weights, rgb, background)
+        depth = self.depth_renderer(weights=weights, ray_samples=fine)
+        return {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+
+    # ------------------------------------------------------------------ losses and metrics
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:
+        mse = torch.mean((outputs["rgb"] - _rgb(batch["image"]).to(outputs["rgb"])) ** 2)
+        return {"psnr": -10.0 * torch.log10(mse.detach().clamp_min(1e-10))}
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        gt = _rgb(batch["image"]).to(outputs["rgb"])
+        return {"rgb_loss": torch.mean((outputs["rgb"] - gt) ** 2)}
+
+    def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
+        from mclnf_city.metrics import image_metrics
+
+        gt = _rgb(batch["image"]).to(outputs["rgb"])
+        metrics = image_metrics(outputs["rgb"], gt)
+        images = {
+            "img": torch.cat([gt, outputs["rgb"]], dim=1),
+            "accumulation": colormaps.apply_colormap(outputs["accumulation"]),
+            "depth": colormaps.apply_depth_colormap(outputs["depth"], accumulation=outputs["accumulation"]),
+        }
+        return metrics, images
+
+
+def _rgb(image: Tensor) -> Tensor:
+    """Drop an alpha channel if the capture has one (our captures are opaque photographs)."""
+    return image[..., :3] if image.shape[-1] == 4 else image
+

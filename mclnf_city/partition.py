@@ -1,0 +1,379 @@
+"""Spatial partition of a capture: a grid of blocks on the ground plane.
+
+The partition lives in a *city frame*: x and y span the ground plane, z is up, and
+``p_city = R @ (p_world - origin)``. Every block is an axis-aligned box in that frame,
+the blocks tile a rectangle on the ground and share one city-wide height range, so
+one block-local parameterisation (box -> [-1, 1]^3) fits every block.
+
+Two kinds of box exist per block:
+- the *region* (no overlap): routing of samples uses it, so every point of the city
+  belongs to exactly one block;
+- the *expanded box* (region grown by the overlap margin): pixel assignment and the
+  block's local coordinates use it, so a block also learns a seam around its region.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+class PartitionError(ValueError):
+    """The capture cannot be partitioned (too small, degenerate, or bad cameras)."""
+
+
+def ray_box_intersect(origins: Tensor, directions: Tensor, box_min: Tensor, box_max: Tensor) -> Tuple[Tensor, Tensor]:
+    """Slab test of rays against axis-aligned boxes.
+
+    Args:
+        origins, directions: [N, 3] rays (directions need not be unit length).
+        box_min, box_max: [B, 3] boxes.
+    Returns:
+        t_near, t_far: [N, B]. The ray (t >= 0) crosses box b iff ``t_far > max(t_near, 0)``.
+    """
+    # Avoid 0 * inf = nan for axis-parallel rays: a tiny epsilon keeps the sign.
+    safe = torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
+    inv = 1.0 / safe
+    t0 = (box_min[None] - origins[:, None]) * inv[:, None]  # [N, B, 3]
+    t1 = (box_max[None] - origins[:, None]) * inv[:, None]
+    t_near = torch.minimum(t0, t1).amax(dim=-1)
+    t_far = torch.maximum(t0, t1).amin(dim=-1)
+    return t_near, t_far
+
+
+def rays_cross(t_near: Tensor, t_far: Tensor) -> Tensor:
+    """Whether the forward half-line (t >= 0) crosses the box, from `ray_box_intersect`."""
+    return t_far > t_near.clamp_min(0.0)
+
+
+@dataclass
+class BlockPartition:
+    """A grid of blocks in a city frame. Block id = ``ix * ny + iy``."""
+
+    rotation: Tensor  # [3, 3] world -> city rotation (rows: city x, y, up in world coordinates)
+    origin: Tensor  # [3] world position of the city frame origin
+    x_edges: Tensor  # [nx + 1] block edges along city x
+    y_edges: Tensor  # [ny + 1]
+    z_range: Tuple[float, float]  # city-wide height range (ground, top)
+    overlap: float  # margin added on each side of a region, city units
+    stream_order: List[int]
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        return len(self.x_edges) - 1, len(self.y_edges) - 1
+
+    @property
+    def num_blocks(self) -> int:
+        nx, ny = self.grid
+        return nx * ny
+
+    # ----- frames -----
+    def to_city(self, points: Tensor) -> Tensor:
+        """World points [..., 3] -> city frame."""
+        return (points - self.origin.to(points)) @ self.rotation.to(points).T
+
+    def dirs_to_city(self, directions: Tensor) -> Tensor:
+        return directions @ self.rotation.to(directions).T
+
+    # ----- boxes -----
+    def regions(self) -> Tensor:
+        """[B, 2, 3] region boxes (min, max) in the city frame, without overlap."""
+        nx, ny = self.grid
+        boxes = torch.empty(nx * ny, 2, 3, dtype=self.x_edges.dtype)
+        for ix in range(nx):
+            for iy in range(ny):
+                b = ix * ny + iy
+                boxes[b, 0] = torch.tensor([self.x_edges[ix], self.y_edges[iy], self.z_range[0]])
+                boxes[b, 1] = torch.tensor([self.x_edges[ix + 1], self.y_edges[iy + 1], self.z_range[1]])
+        return boxes
+
+    def expanded_boxes(self) -> Tensor:
+        """[B, 2, 3] boxes grown by the overlap margin horizontally (height range unchanged)."""
+        boxes = self.regions().clone()
+        boxes[:, 0, :2] -= self.overlap
+        boxes[:, 1, :2] += self.overlap
+        return boxes
+
+    def city_box(self) -> Tensor:
+        """[2, 3] the box that holds every region."""
+        return torch.tensor(
+            [[self.x_edges[0], self.y_edges[0], self.z_range[0]], [self.x_edges[-1], self.y_edges[-1], self.z_range[1]]],
+            dtype=self.x_edges.dtype,
+        )
+
+    # ----- routing -----
+    def locate(self, points: Tensor) -> Tensor:
+        """Block id of the region holding each world point [..., 3], or -1 outside every region.
+
+        Regions are half-open [lo, hi) except the last one on each axis, which is closed, so
+        a point on a shared face belongs to exactly one block.
+        """
+        p = self.to_city(points)
+        xe, ye = self.x_edges.to(p), self.y_edges.to(p)
+        nx, ny = self.grid
+        ix = torch.searchsorted(xe, p[..., 0].contiguous(), right=True) - 1
+        iy = torch.searchsorted(ye, p[..., 1].contiguous(), right=True) - 1
+        ix = torch.where(p[..., 0] == xe[-1], torch.full_like(ix, nx - 1), ix)
+        iy = torch.where(p[..., 1] == ye[-1], torch.full_like(iy, ny - 1), iy)
+        inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        inside &= (p[..., 2] >= self.z_range[0]) & (p[..., 2] <= self.z_range[1])
+        return torch.where(inside, ix * ny + iy, torch.full_like(ix, -1))
+
+    def block_of_xy(self, points: Tensor) -> Tensor:
+        """Block whose ground footprint is nearest each world point (clamped to the grid)."""
+        p = self.to_city(points)
+        nx, ny = self.grid
+        ix = (torch.searchsorted(self.x_edges.to(p), p[..., 0].contiguous(), right=True) - 1).clamp(0, nx - 1)
+        iy = (torch.searchsorted(self.y_edges.to(p), p[..., 1].contiguous(), right=True) - 1).clamp(0, ny - 1)
+        return ix * ny + iy
+
+    def city_segment(self, origins: Tensor, directions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """Where world rays cross the city box: (near [N], far [N], hit [N] bool)."""
+        box = self.city_box().to(origins)
+        t_near, t_far = ray_box_intersect(self.to_city(origins), self.dirs_to_city(directions), box[:1, 0], box[:1, 1])
+        t_near, t_far = t_near[:, 0].clamp_min(0.0), t_far[:, 0]
+        hit = t_far > t_near
+        return t_near, torch.where(hit, t_far, t_near), hit
+
+    def crossing_mask(self, origins: Tensor, directions: Tensor) -> Tensor:
+        """[N, B] whether each world ray crosses each block's expanded box."""
+        boxes = self.expanded_boxes().to(origins)
+        t_near, t_far = ray_box_intersect(self.to_city(origins), self.dirs_to_city(directions), boxes[:, 0], boxes[:, 1])
+        return rays_cross(t_near, t_far)
+
+    # ----- persistence -----
+    def to_dict(self) -> Dict:
+        return {
+            "rotation": self.rotation.tolist(),
+            "origin": self.origin.tolist(),
+            "x_edges": self.x_edges.tolist(),
+            "y_edges": self.y_edges.tolist(),
+            "z_range": list(self.z_range),
+            "overlap": self.overlap,
+            "stream_order": list(self.stream_order),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "BlockPartition":
+        f64 = torch.float64
+        return cls(
+            rotation=torch.tensor(d["rotation"], dtype=f64),
+            origin=torch.tensor(d["origin"], dtype=f64),
+            x_edges=torch.tensor(d["x_edges"], dtype=f64),
+            y_edges=torch.tensor(d["y_edges"], dtype=f64),
+            z_range=(float(d["z_range"][0]), float(d["z_range"][1])),
+            overlap=float(d["overlap"]),
+            stream_order=[int(b) for b in d["stream_order"]],
+        )
+
+    def save(self, path: Path) -> None:
+        from mclnf_city.store import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=1).encode())
+
+    @classmethod
+    def load(cls, path: Path) -> "BlockPartition":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# ----------------------------------------------------------------------------------------
+# Estimation from a capture
+# ----------------------------------------------------------------------------------------
+
+
+def estimate_up(camera_to_worlds: Tensor) -> Tensor:
+    """Up axis from cameras: normal to the cameras' right vectors, signed like their up vectors.
+
+    Right vectors of upright cameras are horizontal whatever the pitch, so up is the direction
+    least represented among them. With a single heading (degenerate), fall back to the mean up
+    vector made orthogonal to that heading's right vector.
+    """
+    right = camera_to_worlds[:, :3, 0].double()
+    cam_up = camera_to_worlds[:, :3, 1].double().mean(0)
+    evals, evecs = torch.linalg.eigh(right.T @ right / len(right))
+    if evals[1] > 0.02 * evals[2]:
+        up = evecs[:, 0]
+    else:
+        r = evecs[:, 2]
+        up = cam_up - (cam_up @ r) * r
+    up = up / up.norm()
+    return up if up @ cam_up >= 0 else -up
+
+
+def _frame_from_up(up: Tensor, horizontal_points: Tensor) -> Tensor:
+    """Rotation whose rows are (x, y, up); x follows the main horizontal spread of the points."""
+    flat = horizontal_points - (horizontal_points @ up)[:, None] * up
+    flat = flat - flat.mean(0)
+    if len(flat) >= 2 and flat.norm() > 0:
+        x = torch.linalg.svd(flat, full_matrices=False).Vh[0]
+    else:
+        x = torch.tensor([1.0, 0.0, 0.0], dtype=up.dtype)
+    x = x - (x @ up) * up
+    if x.norm() < 1e-6:  # points spread along up only
+        x = torch.tensor([1.0, 0.0, 0.0], dtype=up.dtype) - up[0] * up
+    x = x / x.norm()
+    y = torch.linalg.cross(up, x)
+    return torch.stack([x, y, up])
+
+
+def estimate_partition(
+    camera_to_worlds: Tensor,
+    points: Optional[Tensor] = None,
+    grid: Tuple[int, int] = (2, 2),
+    block_size: Optional[float] = None,
+    overlap_fraction: float = 0.15,
+    image_names: Optional[Sequence[str]] = None,
+    max_camera_distance: float = 20.0,
+) -> BlockPartition:
+    """Estimate the city frame and the block grid of a capture.
+
+    Args:
+        camera_to_worlds: [N, 3, 4] OpenGL convention (x right, y up, z back).
+        points: optional [M, 3] sparse points; they give the ground level, the building tops
+            and the horizontal extent. Without them, the extent is where the cameras look.
+        grid: blocks along city x and y (ignored when block_size is given).
+        block_size: block edge length in scene units; the grid count follows from the extent.
+        overlap_fraction: overlap margin on each side, as a fraction of the block edge.
+        image_names: for error messages.
+        max_camera_distance: cameras farther from the median camera position than this many
+            times the median distance are reported as an error (a wrong pose, not a far viewpoint).
+    """
+    c2w = camera_to_worlds.double()
+    if len(c2w) < 2:
+        raise PartitionError(f"a capture needs at least 2 training images to partition, got {len(c2w)}")
+    centers = c2w[:, :3, 3]
+    # Cameras far from the others are almost always broken poses: name them before they
+    # stretch the city. Robust centre and radius (medians), so one bad pose cannot hide.
+    middle = centers.median(dim=0).values
+    dist = (centers - middle).norm(dim=-1)
+    radius = max(dist.median().item(), 1e-6)
+    bad = torch.nonzero(dist > max_camera_distance * radius).flatten().tolist()
+    if bad:
+        names = [image_names[i] if image_names else f"image {i}" for i in bad[:10]]
+        raise PartitionError(
+            f"{len(bad)} camera(s) lie more than {max_camera_distance:g}x the median camera distance from the "
+            f"capture's centre (broken poses?): {', '.join(map(str, names))}{' ...' if len(bad) > 10 else ''}"
+        )
+    up = estimate_up(c2w)
+    forward = -c2w[:, :3, 2]
+    cam_h = centers @ up
+
+    use_points = points is not None and len(points) >= 20
+    if use_points:
+        pts = points.double()
+        h = pts @ up
+        ground = torch.quantile(h, 0.02).item()
+        top = torch.quantile(h, 0.98).item()
+        footprint = pts
+    else:
+        # Ground: below every camera; taken where principal rays of downward cameras meet.
+        down = (forward @ up) < -0.1
+        ground = cam_h.min().item()
+        footprint = centers
+        if down.sum() >= 2:
+            f, c = forward[down], centers[down]
+            # least-squares closest point to all principal rays
+            eye = torch.eye(3, dtype=c.dtype)
+            proj = eye[None] - f[:, :, None] * f[:, None, :]
+            target = torch.linalg.solve(proj.sum(0), (proj @ c[:, :, None]).sum(0))[:, 0]
+            ground = min(ground, (target @ up).item())
+            t = (ground - (c @ up)) / (f @ up)
+            footprint = torch.cat([centers, c + t[:, None] * f])
+        top = ground + 0.5 * max(cam_h.max().item() - ground, 1e-3)
+    rot = _frame_from_up(up, footprint)
+    local = footprint @ rot.T
+    # Robust extent: a stray point or a broken camera pose must not stretch the city.
+    lo = torch.quantile(local[:, :2], 0.01 if use_points else 0.02, dim=0)
+    hi = torch.quantile(local[:, :2], 0.99 if use_points else 0.98, dim=0)
+    extent = hi - lo
+    if not torch.all(extent > 1e-6) or top <= ground:
+        raise PartitionError(
+            f"capture too small to partition: ground extent {extent.tolist()}, height range ({ground:.3g}, {top:.3g})"
+        )
+    # The city box height: a small margin below the ground so ground samples are inside.
+    height = top - ground
+    z_range = (ground - 0.05 * height, top + 0.05 * height)
+
+    if block_size is not None:
+        if block_size <= 0:
+            raise PartitionError(f"block_size must be positive, got {block_size}")
+        nx, ny = (max(1, math.ceil(e / block_size)) for e in extent.tolist())
+        size = torch.tensor([nx * block_size, ny * block_size], dtype=torch.float64)
+        lo = lo - (size - extent) / 2
+        hi = lo + size
+    else:
+        nx, ny = grid
+        if nx < 1 or ny < 1:
+            raise PartitionError(f"grid must have at least one block per axis, got {grid}")
+    x_edges = torch.linspace(lo[0].item(), hi[0].item(), nx + 1, dtype=torch.float64)
+    y_edges = torch.linspace(lo[1].item(), hi[1].item(), ny + 1, dtype=torch.float64)
+    # Frame origin on the ground below the footprint centre; edges are relative to it.
+    origin = torch.zeros(3, dtype=torch.float64)
+    overlap = overlap_fraction * min((hi - lo)[0].item() / nx, (hi - lo)[1].item() / ny)
+    partition = BlockPartition(rot, origin, x_edges, y_edges, z_range, overlap, list(range(nx * ny)))
+
+    partition.stream_order = visit_order(partition, c2w)
+    return partition
+
+
+def look_blocks(partition: BlockPartition, camera_to_worlds: Tensor) -> Tensor:
+    """[N] the block each camera looks at.
+
+    That is the block under the point where the camera's principal ray meets the middle of
+    the height range (or under the camera, for rays that never get there).
+    """
+    c2w = camera_to_worlds.double()
+    o = partition.to_city(c2w[:, :3, 3])
+    f = partition.dirs_to_city(-c2w[:, :3, 2])
+    mid = 0.5 * (partition.z_range[0] + partition.z_range[1])
+    t = (mid - o[:, 2]) / torch.where(f[:, 2].abs() < 1e-9, torch.full_like(f[:, 2], 1e-9), f[:, 2])
+    t = torch.where(t > 0, t, torch.zeros_like(t))
+    return partition.block_of_xy(c2w[:, :3, 3] + t[:, None] * (-c2w[:, :3, 2]))
+
+
+def visit_order(partition: BlockPartition, camera_to_worlds: Tensor) -> List[int]:
+    """Blocks in the order the capture first looks at them (see `look_blocks`).
+
+    Blocks no camera looks at go last, nearest-first to the blocks already ordered.
+    """
+    order: List[int] = []
+    for b in look_blocks(partition, camera_to_worlds).tolist():
+        if b not in order:
+            order.append(b)
+    centers = partition.regions().mean(1)
+    rest = [b for b in range(partition.num_blocks) if b not in order]
+    while rest:
+        ref = centers[order] if order else centers[:1]
+        nxt = min(rest, key=lambda b: (centers[b] - ref).norm(dim=-1).min().item())
+        order.append(nxt)
+        rest.remove(nxt)
+    return order
+
+
+def partition_table(partition: BlockPartition, images: Dict[int, int], rays: Dict[int, int], title: str = "Block partition"):
+    """A rich table: block id, bounds, images, rays (for printing at the start of a run)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("block", "stream #", "x range", "y range", "z range", "images", "rays"):
+        table.add_column(col, justify="right")
+    regions = partition.regions()
+    position = {b: i for i, b in enumerate(partition.stream_order)}
+    for b in range(partition.num_blocks):
+        lo, hi = regions[b, 0].tolist(), regions[b, 1].tolist()
+        table.add_row(
+            str(b),
+            str(position.get(b, "-")),
+            f"{lo[0]:.3f} .. {hi[0]:.3f}",
+            f"{lo[1]:.3f} .. {hi[1]:.3f}",
+            f"{lo[2]:.3f} .. {hi[2]:.3f}",
+            str(images.get(b, 0)),
+            f"{rays.get(b, 0):,}",
+        )
+    return table

@@ -1,0 +1,350 @@
+"""The streaming schedule: partition, then one block after another, each frozen when done.
+
+Step s of training belongs to block ``stream[s // steps_per_block]``. When a block's
+steps are over, the active slot is evaluated on the block's test views, written to the
+`CityStore` (the commit point), kept frozen, and a checkpoint is saved; the next step
+resets the active slot from θ_shared and clears the optimizer state. A run resumed
+from any checkpoint therefore continues inside the block it was killed in, and never
+retrains a block the store holds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Type
+
+import torch
+from torch.cuda.amp.grad_scaler import GradScaler
+
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from mclnf_city.capture import check_cameras, check_transforms_json
+from mclnf_city.datamanager import CityDataManagerConfig
+from mclnf_city.fields import BlockField
+from mclnf_city.metrics import image_metrics, lpips_status
+from mclnf_city.model import CityModelConfig
+from mclnf_city.partition import BlockPartition, estimate_partition, look_blocks, partition_table
+from mclnf_city.store import ACTIVE, DONE, EMPTY, CityStore, StoreError, atomic_write_bytes, load_checked, sha256
+
+
+@dataclass
+class CityPipelineConfig(VanillaPipelineConfig):
+    """Partition, stream and freeze: the MCL-NF training schedule."""
+
+    _target: Type = field(default_factory=lambda: CityPipeline)
+    datamanager: CityDataManagerConfig = field(default_factory=CityDataManagerConfig)
+    """Reads the capture and samples the active block's rays."""
+    model: CityModelConfig = field(default_factory=CityModelConfig)
+    """The block fields and how rays are rendered."""
+    grid: Tuple[int, int] = (2, 2)
+    """Blocks along the city's x and y axes (ignored when --pipeline.block-size is given)."""
+    block_size: Optional[float] = None
+    """Block edge length in scene units; the number of blocks then follows from the capture's extent."""
+    overlap: float = 0.15
+    """Overlap margin on each side of a block, as a fraction of the block edge."""
+    steps_per_block: int = 2000
+    """Training steps of each block; ns-train runs (number of non-empty blocks) x this many steps."""
+    lr_final_fraction: float = 0.1
+    """Learning rate at the end of a block, as a fraction of its initial value (exponential decay)."""
+    prior: Optional[Path] = None
+    """θ_shared: a prior file (state dict of one block's parameters). Default: the architecture's init."""
+    prior_seed: int = 0
+    """Seed of the default prior (used only without --pipeline.prior)."""
+    min_rays_per_block: int = 1000
+    """Blocks crossed by fewer training rays are skipped (marked empty, with a message)."""
+    store_dir: Optional[Path] = None
+    """The block store. Default: <run dir>/city (or the store of the run given with --load-dir)."""
+    max_camera_distance: float = 20.0
+    """Cameras farther from the median camera than this many median camera distances are reported as broken poses."""
+
+
+class CityPipeline(VanillaPipeline):
+    config: CityPipelineConfig
+
+    def __init__(
+        self,
+        config: CityPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ):
+        Pipeline.__init__(self)
+        self.config, self.test_mode, self.world_size = config, test_mode, world_size
+        if world_size > 1:
+            raise NotImplementedError("mclnf-city trains on one process for now (block-parallel training is planned)")
+        data = config.datamanager.data or config.datamanager.dataparser.data
+        check_transforms_json(Path(data))
+        self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=1, local_rank=0)
+        self.datamanager.to(device)
+        outputs = self.datamanager.train_dataparser_outputs
+        c2w = outputs.cameras.camera_to_worlds
+        check_cameras(c2w, outputs.image_filenames)
+        if config.store_dir is None:
+            raise ValueError("--pipeline.store-dir is not set (ns-train mclnf-city sets it to <run dir>/city)")
+        self.store = CityStore(config.store_dir)
+        training = test_mode != "inference"
+
+        if self.store.exists:
+            partition = self.store.partition()
+            expected = self.store.manifest["info"].get("num_train_images")
+            if expected is not None and expected != len(c2w):
+                raise StoreError(
+                    f"{self.store.manifest_path}: the city was trained on {expected} images, this capture has {len(c2w)}"
+                )
+            self.store.verify()
+        elif not training:
+            raise StoreError(f"no trained city at {self.store.root} (manifest.json missing)")
+        else:
+            points = outputs.metadata.get("points3D_xyz")
+            partition = estimate_partition(
+                c2w,
+                points,
+                grid=config.grid,
+                block_size=config.block_size,
+                overlap_fraction=config.overlap,
+                image_names=[str(n) for n in outputs.image_filenames],
+                max_camera_distance=config.max_camera_distance,
+            )
+        self.partition = partition
+
+        masks: Dict[int, torch.Tensor] = {}
+        if training:
+            pixels = self.datamanager.assign_pixels(partition)
+            masks = {b: self.datamanager.block_images(b) for b in range(partition.num_blocks)}
+            rays = {b: len(p) for b, p in pixels.items()}
+            images = {b: int(m.sum()) for b, m in masks.items()}
+            CONSOLE.print(partition_table(partition, images, rays))
+            if not self.store.exists:
+                empty = {
+                    b: f"{rays[b]} training rays < --pipeline.min-rays-per-block {config.min_rays_per_block}"
+                    for b in range(partition.num_blocks)
+                    if rays[b] < config.min_rays_per_block
+                }
+                for b, why in empty.items():
+                    CONSOLE.print(f"[yellow]block {b} skipped: {why}")
+                info = {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block}
+                self.store.create(partition, empty, info)
+                partition.save(self.store.root / "partition.json")
+        self.stream: List[int] = [b for b in partition.stream_order if self.store.status(b) != EMPTY]
+        if training and not self.stream:
+            raise StoreError("every block is empty: no block has enough training rays to train")
+        self.total_steps = len(self.stream) * config.steps_per_block
+
+        self._model = config.model.setup(
+            scene_box=self.datamanager.train_dataset.scene_box,
+            num_train_data=len(self.datamanager.train_dataset),
+            metadata=self.datamanager.train_dataset.metadata,
+            device=device,
+            grad_scaler=grad_scaler,
+            partition=partition,
+            store=self.store,
+            prior=self._resolve_prior(len(self.datamanager.train_dataset)),
+            block_image_masks=masks,
+        )
+        self.model.to(device)
+        self._optimizers = None
+        self._trainer = None
+        self._block_started_at = time.time()
+
+    # ------------------------------------------------------------------ prior
+    def _resolve_prior(self, num_images: int) -> Dict[str, torch.Tensor]:
+        """θ_shared: from --pipeline.prior, else from the store, else the architecture's seeded init."""
+        probe = BlockField(self.config.model.field, num_images)
+        recorded = self.store.manifest.get("prior")
+        if self.config.prior is not None:
+            state = load_checked(Path(self.config.prior), None, f"prior {self.config.prior}")
+            probe.load_prior(state, source=f"prior {self.config.prior}")
+            if recorded:
+                if any(not torch.equal(state[k], v) for k, v in self.store.load_prior().items()):
+                    raise StoreError(f"{self.store.root} was started from another prior ({recorded['source']})")
+            else:
+                self.store.write_prior(state, source=str(self.config.prior))
+            return state
+        if recorded:
+            state = self.store.load_prior()
+            probe.load_prior(state, source=f"prior in {self.store.root}")
+            return state
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.prior_seed)
+            state = BlockField(self.config.model.field, num_images).prior_state()
+        self.store.write_prior(state, source=f"default init, seed {self.config.prior_seed}")
+        return state
+
+    # ------------------------------------------------------------------ stream
+    def block_at(self, step: int) -> int:
+        return self.stream[min(step // self.config.steps_per_block, len(self.stream) - 1)]
+
+    def _start_block(self, b: int) -> None:
+        self.model.start_block(b)
+        self.datamanager.active_block = b
+        if self.store.status(b) != DONE:
+            self.store.set_status(b, ACTIVE)
+        if self._optimizers is not None:  # a new block owes nothing to the last one's moments
+            for opt in self._optimizers.optimizers.values():
+                opt.state.clear()
+        self._block_started_at = time.time()
+        CONSOLE.print(f"[bold]block {b}[/bold] ({self.stream.index(b) + 1}/{len(self.stream)}) starts from θ_shared")
+
+    def get_train_loss_dict(self, step: int):
+        b = self.block_at(step)
+        if int(self.model.active_block) != b:
+            self._start_block(b)
+        self.datamanager.active_block = b
+        if self.store.status(b) == DONE:
+            # Finished and stored by an earlier run after its last checkpoint: do not retrain.
+            zero = sum(p.sum() * 0.0 for p in self.model.active.parameters())
+            return {}, {"rgb_loss": zero}, {}
+        return super().get_train_loss_dict(step)
+
+    def _set_lr(self, step: int) -> None:
+        if self._optimizers is None:
+            return
+        t = (step % self.config.steps_per_block) / max(self.config.steps_per_block - 1, 1)
+        for opt in self._optimizers.optimizers.values():
+            for group in opt.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * self.config.lr_final_fraction**t
+
+    def _after_step(self, step: int) -> None:
+        if (step + 1) % self.config.steps_per_block == 0 or step + 1 >= self.total_steps:
+            self.finish_block(self.block_at(step), step)
+
+    def finish_block(self, b: int, step: int) -> None:
+        """Evaluate, store (the commit point), freeze, checkpoint."""
+        if int(self.model.active_block) != b:
+            return
+        if self.store.status(b) != DONE:
+            metrics = self.evaluate_blocks([b]).get(b, {})
+            self.store.write_block(b, self.model.active.state_dict(), self.config.steps_per_block, metrics)
+            self.store.block(b)["seconds"] = round(time.time() - self._block_started_at, 2)
+            self.store.set_status(b, DONE)
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("psnr", "ssim", "lpips_alex"))
+            CONSOLE.print(f"[green]block {b} done[/green] and frozen -> {self.store.root} ({shown or 'no test views'})")
+        self.model.block_finished(b)
+        if self._trainer is not None:
+            self._trainer.save_checkpoint(step)
+        if b == self.stream[-1]:
+            self.write_report()
+
+    def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        self._optimizers, self._trainer = attrs.optimizers, attrs.trainer
+        return [
+            TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._set_lr),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after_step),
+        ]
+
+    # ------------------------------------------------------------------ evaluation
+    def test_views_by_block(self) -> Dict[int, List[int]]:
+        """Test views grouped by the block they look at."""
+        cams = self.datamanager.eval_dataset.cameras
+        homes = look_blocks(self.partition, cams.camera_to_worlds).tolist()
+        groups: Dict[int, List[int]] = {}
+        for i, b in enumerate(homes):
+            groups.setdefault(b, []).append(i)
+        return groups
+
+    @torch.no_grad()
+    def render_test_view(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        dataset = self.datamanager.eval_dataset
+        camera = dataset.cameras[i : i + 1].to(self.device)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outputs = self.model.get_outputs_for_camera(camera)
+        finally:
+            self.model.train(was_training)
+        gt = dataset[i]["image"][..., :3].to(outputs["rgb"])
+        return outputs["rgb"], gt
+
+    def evaluate_blocks(self, blocks: List[int]) -> Dict[int, Dict[str, float]]:
+        """Mean PSNR/SSIM (LPIPS when available) of each block's test views, rendered now."""
+        groups = self.test_views_by_block()
+        result: Dict[int, Dict[str, float]] = {}
+        for b in blocks:
+            views = groups.get(b, [])
+            if not views:
+                continue
+            per_view = [image_metrics(*self.render_test_view(i)) for i in views]
+            result[b] = {k: sum(m[k] for m in per_view) / len(per_view) for k in per_view[0]}
+            result[b]["num_views"] = float(len(views))
+            result[b]["solo_render_sha256"] = sha256(self.render_block_alone(b, views).numpy().tobytes())
+        return result
+
+    @torch.no_grad()
+    def render_block_alone(self, b: int, views: List[int]) -> torch.Tensor:
+        """Test views rendered by finished block b alone (its region and far field): [V, H, W, 3].
+
+        Its bytes must never change once b is finished: zero forgetting, checked every run.
+        """
+        self.model.solo_block = b
+        try:
+            return torch.stack([self.render_test_view(i)[0].cpu() for i in views])
+        finally:
+            self.model.solo_block = None
+
+    def write_report(self) -> Path:
+        """Per-block metrics at finish and at the end of the stream (forgetting), plus test renders."""
+        from PIL import Image
+
+        report = self.store.root / "report"
+        (report / "renders").mkdir(parents=True, exist_ok=True)
+        at_end = self.evaluate_blocks(self.stream)
+        blocks: Dict[str, Any] = {}
+        for b in self.stream:
+            entry = self.store.block(b)
+            finish = entry.get("metrics", {}).get("at_finish", {})
+            end = at_end.get(b, {})
+            self.store.update_metrics(b, "at_end", end)
+            blocks[str(b)] = {
+                # City renders: at finish, later blocks are still empty; at the end, all are trained.
+                "at_finish": finish,
+                "at_end": end,
+                "psnr_change": (end["psnr"] - finish["psnr"]) if "psnr" in finish and "psnr" in end else None,
+                # Forgetting: the block's own renders, compared byte for byte.
+                "renders_alone_bit_identical": (
+                    finish.get("solo_render_sha256") == end.get("solo_render_sha256") if "psnr" in end else None
+                ),
+                "seconds": entry.get("seconds"),
+            }
+        per_view = []
+        for i in range(len(self.datamanager.eval_dataset)):
+            rgb, gt = self.render_test_view(i)
+            per_view.append(image_metrics(rgb, gt))
+            pair = torch.cat([gt, rgb.clamp(0, 1)], dim=1)
+            Image.fromarray((pair.cpu().numpy() * 255).round().astype("uint8")).save(report / "renders" / f"test_{i:04d}.png")
+        mean = {k: sum(m[k] for m in per_view) / len(per_view) for k in per_view[0]} if per_view else {}
+        summary = {
+            "method": "mclnf-city",
+            "test_views": len(per_view),
+            "mean": mean,
+            "lpips": lpips_status(),
+            "blocks": blocks,
+            "stream_order": self.stream,
+        }
+        atomic_write_bytes(report / "metrics.json", json.dumps(summary, indent=1).encode())
+        CONSOLE.print(f"[bold green]city report[/bold green]: {report / 'metrics.json'}  renders: {report / 'renders'}")
+        if mean:
+            CONSOLE.print("test views: " + ", ".join(f"{k} {v:.4f}" for k, v in mean.items()))
+        return report
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = None):
+        """Strict: a checkpoint must hold exactly the active slot of this architecture."""
+        model_state = {k[len("_model.") :]: v for k, v in state_dict.items() if k.startswith("_model.")}
+        own = self.model.state_dict()
+        missing, extra = sorted(set(own) - set(model_state)), sorted(set(model_state) - set(own))
+        if missing or extra:
+            raise StoreError(f"checkpoint does not match the mclnf-city model: missing {missing[:8]}, unexpected {extra[:8]}")
+        active = int(model_state["active_block"])
+        if active >= self.partition.num_blocks:
+            raise StoreError(f"checkpoint's active block {active} is not in the partition ({self.partition.num_blocks} blocks)")
+        self.model.load_state_dict(model_state, strict=True)
+        if active >= 0:
+            self.datamanager.active_block = active

@@ -1,0 +1,185 @@
+"""The city store: finished blocks on disk, one file each, plus a manifest.
+
+Layout of ``<run>/city/``::
+
+    manifest.json      partition, stream order, per-block status / metrics / checksums
+    prior.pt           θ_shared, the initialisation every block starts from
+    blocks/block_007.pt
+
+Every write is atomic (temp file, fsync, rename), so a killed run loses at most the
+block it was training. Every read checks the SHA-256 recorded in the manifest, and
+loading is strict: a missing, corrupted or mismatching block is a loud `StoreError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from mclnf_city.partition import BlockPartition
+
+MANIFEST_VERSION = 1
+WAITING, ACTIVE, DONE, EMPTY = "waiting", "active", "done", "empty"
+
+
+class StoreError(RuntimeError):
+    """The block store on disk is missing, corrupted or inconsistent with the run."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def tensor_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_checked(path: Path, expected_sha: Optional[str], what: str) -> Dict[str, torch.Tensor]:
+    """torch.load a state dict (weights only) after checking its checksum."""
+    if not path.exists():
+        raise StoreError(f"{what}: file missing: {path}")
+    data = path.read_bytes()
+    if expected_sha is not None and sha256(data) != expected_sha:
+        raise StoreError(f"{what}: file corrupted (checksum mismatch): {path}")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a broken file
+        raise StoreError(f"{what}: cannot read {path}: {e}") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StoreError(f"{what}: {path} does not hold a state dict of tensors")
+    return state
+
+
+class CityStore:
+    """Finished blocks and the prior of one city, on disk."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.manifest_path = self.root / "manifest.json"
+        self.manifest: Dict[str, Any] = {}
+        if self.manifest_path.exists():
+            try:
+                self.manifest = json.loads(self.manifest_path.read_text())
+            except json.JSONDecodeError as e:
+                raise StoreError(f"manifest is not valid JSON: {self.manifest_path}: {e}") from e
+            if self.manifest.get("version") != MANIFEST_VERSION:
+                raise StoreError(f"unsupported manifest version {self.manifest.get('version')} in {self.manifest_path}")
+
+    # ----- manifest -----
+    @property
+    def exists(self) -> bool:
+        return bool(self.manifest)
+
+    def create(self, partition: BlockPartition, empty_blocks: Dict[int, str], info: Dict[str, Any]) -> None:
+        """Start a new city: record its partition and every block as waiting (or empty)."""
+        blocks = {}
+        for b in range(partition.num_blocks):
+            blocks[str(b)] = {"status": EMPTY if b in empty_blocks else WAITING}
+            if b in empty_blocks:
+                blocks[str(b)]["reason"] = empty_blocks[b]
+        self.manifest = {
+            "version": MANIFEST_VERSION,
+            "partition": partition.to_dict(),
+            "stream_order": list(partition.stream_order),
+            "info": info,
+            "prior": None,
+            "blocks": blocks,
+        }
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=1).encode())
+
+    def partition(self) -> BlockPartition:
+        return BlockPartition.from_dict(self.manifest["partition"])
+
+    def block(self, b: int) -> Dict[str, Any]:
+        try:
+            return self.manifest["blocks"][str(b)]
+        except KeyError as e:
+            raise StoreError(f"block {b} is not in the manifest {self.manifest_path}") from e
+
+    def status(self, b: int) -> str:
+        return self.block(b)["status"]
+
+    def done_blocks(self):
+        return [int(b) for b, e in self.manifest["blocks"].items() if e["status"] == DONE]
+
+    def set_status(self, b: int, status: str) -> None:
+        self.block(b)["status"] = status
+        self._write_manifest()
+
+    def update_metrics(self, b: int, key: str, metrics: Dict[str, float]) -> None:
+        self.block(b).setdefault("metrics", {})[key] = metrics
+        self._write_manifest()
+
+    # ----- prior -----
+    def write_prior(self, state: Dict[str, torch.Tensor], source: str) -> None:
+        data = tensor_bytes(state)
+        atomic_write_bytes(self.root / "prior.pt", data)
+        self.manifest["prior"] = {"file": "prior.pt", "sha256": sha256(data), "source": source}
+        self._write_manifest()
+
+    def load_prior(self) -> Dict[str, torch.Tensor]:
+        entry = self.manifest.get("prior")
+        if not entry:
+            raise StoreError(f"no prior recorded in {self.manifest_path}")
+        return load_checked(self.root / entry["file"], entry["sha256"], "prior")
+
+    # ----- blocks -----
+    def write_block(self, b: int, state: Dict[str, torch.Tensor], steps: int, metrics: Dict[str, float]) -> None:
+        """Write a finished block, then mark it done (the manifest is the commit point)."""
+        data = tensor_bytes({k: v.detach().cpu().clone() for k, v in state.items()})
+        rel = f"blocks/block_{b:03d}.pt"
+        atomic_write_bytes(self.root / rel, data)
+        entry = self.block(b)
+        entry.update(status=DONE, file=rel, sha256=sha256(data), steps=steps, finished_at=time.time())
+        entry.setdefault("metrics", {})["at_finish"] = metrics
+        self._write_manifest()
+
+    def load_block(self, b: int) -> Dict[str, torch.Tensor]:
+        entry = self.block(b)
+        if entry["status"] != DONE:
+            raise StoreError(f"block {b} is not finished (status {entry['status']}) in {self.manifest_path}")
+        return load_checked(self.root / entry["file"], entry["sha256"], f"block {b}")
+
+    def verify(self) -> None:
+        """Check every finished block file against its checksum (fast fail before a long job)."""
+        for b in self.done_blocks():
+            entry = self.block(b)
+            path = self.root / entry["file"]
+            if not path.exists():
+                raise StoreError(f"block {b}: file missing: {path}")
+            if sha256(path.read_bytes()) != entry["sha256"]:
+                raise StoreError(f"block {b}: file corrupted (checksum mismatch): {path}")

@@ -1,0 +1,91 @@
+"""nerfstudio's Trainer, with what a stream of blocks needs.
+
+- The block store's place is fixed before config.yml is written (so ns-eval, ns-render,
+  ns-viewer and ns-export find it); with --load-dir it is the store of that run.
+- The iteration count comes from the schedule (blocks x steps per block), so the user
+  never computes it, and a resumed run ends where the stream ends.
+- Checkpoints are written atomically: a SIGKILL mid-save never leaves a truncated
+  "latest" checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Type
+
+import torch
+
+from nerfstudio.engine.optimizers import Optimizers
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils.decorators import check_main_thread
+
+
+@dataclass
+class CityTrainerConfig(TrainerConfig):
+    """ns-train configuration of mclnf-city (the iteration count is derived from the stream)."""
+
+    _target: Type = field(default_factory=lambda: CityTrainer)
+
+    def resolve_store_dir(self) -> None:
+        pipeline = self.pipeline
+        if getattr(pipeline, "store_dir", None) is None:
+            if self.load_dir is not None:
+                pipeline.store_dir = Path(self.load_dir).parent / "city"
+            elif self.load_checkpoint is not None:
+                pipeline.store_dir = Path(self.load_checkpoint).parent.parent / "city"
+            else:
+                pipeline.store_dir = self.get_base_dir() / "city"
+
+    def save_config(self) -> None:
+        self.resolve_store_dir()
+        super().save_config()
+
+
+class CityTrainer(Trainer):
+    config: CityTrainerConfig
+
+    def setup_optimizers(self) -> Optimizers:
+        # Runs right after the pipeline is built: the stream length is known now.
+        self.config.max_num_iterations = self.pipeline.total_steps
+        return super().setup_optimizers()
+
+    def setup(self, test_mode="val") -> None:
+        self.config.resolve_store_dir()
+        super().setup(test_mode=test_mode)
+        self.config.max_num_iterations = max(self.pipeline.total_steps - self._start_step, 0)
+
+    def train(self) -> None:
+        if self.config.max_num_iterations == 0:
+            print("[mclnf-city] the stream is already complete; nothing to train")
+        super().train()
+
+    @check_main_thread
+    def save_checkpoint(self, step: int) -> None:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        state = {
+            "step": step,
+            "pipeline": self.pipeline.state_dict(),
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},
+            "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
+            "scalers": self.grad_scaler.state_dict(),
+        }
+        # The temp file lives beside (not in) the checkpoint folder: nerfstudio parses every
+        # name in that folder as step-N.ckpt when resuming.
+        fd, tmp = tempfile.mkstemp(dir=self.checkpoint_dir.parent, prefix=".checkpoint-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if self.config.save_only_latest_checkpoint:
+            for old in self.checkpoint_dir.glob("step-*.ckpt"):
+                if old != path:
+                    old.unlink()

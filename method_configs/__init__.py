@@ -1,0 +1,1 @@
+"""Method presets of mclnf-city, registered with nerfstudio through entry points."""

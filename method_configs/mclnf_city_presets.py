@@ -1,0 +1,80 @@
+"""Presets of `ns-train mclnf-city` and `ns-train mclnf-city-tiny`: data, not code.
+
+Imported by every ns-* command at start-up (nerfstudio discovers methods at import),
+so this module must stay cheap and must never raise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from mclnf_city.datamanager import CityDataManagerConfig
+from mclnf_city.fields import BlockFieldSpec
+from mclnf_city.model import CityModelConfig
+from mclnf_city.pipeline import CityPipelineConfig
+from mclnf_city.trainer import CityTrainerConfig
+
+NEVER = 1_000_000_000  # nerfstudio's periodic evals are replaced by per-block evaluation
+
+
+def _trainer(method_name: str, pipeline: CityPipelineConfig, lr: float) -> CityTrainerConfig:
+    return CityTrainerConfig(
+        method_name=method_name,
+        steps_per_eval_batch=NEVER,
+        steps_per_eval_image=NEVER,
+        steps_per_eval_all_images=NEVER,
+        steps_per_save=500,
+        save_only_latest_checkpoint=True,
+        mixed_precision=False,
+        machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
+        pipeline=pipeline,
+        optimizers={"fields": {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}},
+        viewer=ViewerConfig(num_rays_per_chunk=4096, quit_on_train_completion=True),
+        vis="viewer",
+    )
+
+
+mclnf_city = MethodSpecification(
+    config=_trainer(
+        "mclnf-city",
+        CityPipelineConfig(
+            datamanager=CityDataManagerConfig(train_num_rays_per_batch=4096),
+            model=CityModelConfig(field=BlockFieldSpec(), num_coarse_samples=32, num_fine_samples=32),
+            grid=(2, 2),
+            steps_per_block=2000,
+        ),
+        lr=1e-2,
+    ),
+    description="MCL-NF city: spatial blocks streamed one after another, each frozen when done.",
+)
+
+mclnf_city_tiny = MethodSpecification(
+    config=_trainer(
+        "mclnf-city-tiny",
+        CityPipelineConfig(
+            datamanager=CityDataManagerConfig(train_num_rays_per_batch=1024),
+            model=CityModelConfig(
+                field=BlockFieldSpec(
+                    num_levels=8,
+                    base_res=16,
+                    max_res=256,
+                    log2_hashmap_size=14,
+                    hidden_dim=32,
+                    hidden_dim_color=32,
+                    appearance_embedding_dim=4,
+                    far_field_hidden_dim=16,
+                ),
+                num_coarse_samples=24,
+                num_fine_samples=24,
+            ),
+            grid=(2, 2),
+            steps_per_block=400,
+        ),
+        lr=1e-2,
+    ),
+    description="Small, fast mclnf-city preset for CPU demos and tests.",
+)

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny synthetic captures made by tools/make_city.py, and a trained tiny city."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def load_tool(name: str):
+    """Import a script from tools/ as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_CITY = dict(blocks_x=2, blocks_y=2, image_width=40, image_height=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_capture(tmp_path_factory) -> Path:
+    """A 2x2-block synthetic city, small images: the capture most tests train on."""
+    make_city = load_tool("make_city")
+    out = tmp_path_factory.mktemp("captures") / "tiny_city"
+    return make_city.generate_city(out, seed=3, progress=False, verbose=False, **TINY_CITY)
+
+
+def tiny_trainer_config(data: Path, output_dir: Path, steps_per_block: int = 30, **pipeline):
+    """The mclnf-city-tiny preset pointed at a capture, shortened for tests."""
+    from method_configs.mclnf_city_presets import mclnf_city_tiny
+
+    config = mclnf_city_tiny.config
+    import copy
+
+    config = copy.deepcopy(config)
+    config.data = data
+    config.pipeline.datamanager.data = data
+    config.output_dir = output_dir
+    config.vis = "tensorboard"
+    config.machine.device_type = "cpu"
+    config.pipeline.steps_per_block = steps_per_block
+    config.pipeline.datamanager.train_num_rays_per_batch = 256
+    config.pipeline.model.num_coarse_samples = 16
+    config.pipeline.model.num_fine_samples = 16
+    config.steps_per_save = 10_000
+    for key, value in pipeline.items():
+        setattr(config.pipeline, key, value)
+    config.set_timestamp()
+    return config
