@@ -42,6 +42,18 @@ class CityDataManagerConfig(VanillaDataManagerConfig):
     """Seed of the pixel sampler (the sample drawn at step s depends only on seed and s)."""
 
 
+class BlockPixelSampler:
+    """Uniform draws from a pool of pixel ids; the draw at a step depends only on (seed, step),
+    so a resumed run sees the rays it would have seen."""
+
+    def __init__(self, num_rays_per_batch: int, seed: int):
+        self.num_rays_per_batch, self.seed = num_rays_per_batch, seed
+
+    def sample(self, pool_size: int, step: int) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return torch.randint(0, pool_size, (self.num_rays_per_batch,), generator=gen)
+
+
 class CityDataManager(VanillaDataManager):
     config: CityDataManagerConfig
 
@@ -66,7 +78,7 @@ class CityDataManager(VanillaDataManager):
         self.train_ray_generator = RayGenerator(cameras.to(self.device))
         self.block_pixels: Dict[int, Tensor] = {}
         self.active_block: Optional[int] = None
-        self.train_pixel_sampler = None
+        self.train_pixel_sampler = BlockPixelSampler(self.config.train_num_rays_per_batch, self.config.seed)
 
     # ----- pixels and blocks -----
     def flat_to_indices(self, flat: Tensor) -> Tensor:
@@ -103,16 +115,12 @@ class CityDataManager(VanillaDataManager):
         self.train_count += 1
         if self.active_block is not None:
             pool = self.block_pixels[self.active_block]
-            pick = pool[self._randint(len(pool), step)]
+            pick = pool[self.train_pixel_sampler.sample(len(pool), step)]
         else:  # no stream running (export, inspection): any training pixel
-            pick = self._randint(int(self.offsets[-1]), step)
+            pick = self.train_pixel_sampler.sample(int(self.offsets[-1]), step)
         indices = self.flat_to_indices(pick)
         batch = {"image": self.colors[pick].float().div_(255.0).to(self.device), "indices": indices}
         return self.train_ray_generator(indices.to(self.device)), batch
 
-    def _randint(self, n: int, step: int) -> Tensor:
-        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-        return torch.randint(0, n, (self.config.train_num_rays_per_batch,), generator=gen)
-
     def get_train_rays_per_batch(self) -> int:
-        return self.config.train_num_rays_per_batch
+        return self.train_pixel_sampler.num_rays_per_batch

@@ -174,20 +174,40 @@ class CityModel(Model):
 
     def _query(self, ray_samples: RaySamples, with_rgb: bool) -> Tuple[Tensor, ...]:
         positions = ray_samples.frustums.get_positions()
-        shape = positions.shape[:-1]
-        flat = positions.reshape(-1, 3)
-        dirs = ray_samples.frustums.directions.reshape(-1, 3)
-        cams = ray_samples.camera_indices.reshape(-1) if ray_samples.camera_indices is not None else None
-        keys = self._module_keys(self.partition.locate(flat))
+        cams = ray_samples.camera_indices
+        outs = self._evaluate_points(
+            positions.reshape(-1, 3),
+            ray_samples.frustums.directions.reshape(-1, 3) if with_rgb else None,
+            cams.reshape(-1) if cams is not None else None,
+        )
+        return tuple(o.reshape(*positions.shape[:-1], -1) for o in outs)
+
+    def _evaluate_points(self, points: Tensor, directions: Optional[Tensor], cams: Optional[Tensor]) -> Tuple[Tensor, ...]:
+        """Route world points [N, 3] to their modules: density [N, 1] (and rgb [N, 3] given directions)."""
+        keys = self._module_keys(self.partition.locate(points))
 
         def evaluate(module: BlockField, idx: Tensor):
             with torch.set_grad_enabled(torch.is_grad_enabled() and module is self.active):
-                if with_rgb:
-                    return module(flat[idx], dirs[idx], None if cams is None else cams[idx])
-                return (module.density(flat[idx])[0],)
+                if directions is not None:
+                    return module(points[idx], directions[idx], None if cams is None else cams[idx])
+                return (module.density(points[idx])[0],)
 
-        outs = route(keys, lambda k: self._module(k, flat.device), evaluate, (1, 3) if with_rgb else (1,), flat)
-        return tuple(o.reshape(*shape, -1) for o in outs)
+        dims = (1, 3) if directions is not None else (1,)
+        return route(keys, lambda k: self._module(k, points.device), evaluate, dims, points)
+
+    @torch.no_grad()
+    def _surface_normals(self, points: Tensor) -> Tensor:
+        """Unit normals [N, 3] at surface points: minus the density gradient (central differences).
+
+        Only for rendering (ns-export pointcloud, the viewer): 6 density queries per ray.
+        """
+        eps = float(self.partition.x_edges[1] - self.partition.x_edges[0]) / (2 * self.spec.max_res)
+        offsets = torch.eye(3, dtype=points.dtype, device=points.device) * eps
+        probes = torch.cat([points[:, None] + offsets, points[:, None] - offsets], dim=1)  # [N, 6, 3] in city units
+        (density,) = self._evaluate_points(probes.reshape(-1, 3), None, None)
+        density = density.reshape(-1, 6)
+        grad = density[:, :3] - density[:, 3:]
+        return -torch.nn.functional.normalize(grad, dim=-1)
 
     def _background(self, origins: Tensor, directions: Tensor, far: Tensor) -> Tensor:
         """Far-field colour, from the block (or active slot) where each ray leaves the city."""
@@ -219,7 +239,16 @@ class CityModel(Model):
         background = self._background(origins, directions, far)
         rgb, accumulation = composite(weights, rgb, background)
         depth = self.depth_renderer(weights=weights, ray_samples=fine)
-        return {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+        outputs = {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+        if not self.training:  # normals in [0, 1], as nerfstudio's exporter and viewer expect
+            normals = self._surface_normals(origins + directions * depth)
+            outputs["normals"] = (normals + 1.0) / 2.0
+        return outputs
+
+    def get_rgba_image(self, outputs: Dict[str, Tensor], output_name: str = "rgb") -> Tensor:
+        """Alpha is the accumulated density: far-field (sky) pixels are transparent to exporters."""
+        acc = outputs[output_name.replace("rgb", "accumulation")]
+        return torch.cat([outputs[output_name], acc.reshape(*outputs[output_name].shape[:-1], 1)], dim=-1)
 
     # ------------------------------------------------------------------ losses and metrics
     def get_metrics_dict(self, outputs, batch) -> Dict[str, Tensor]:

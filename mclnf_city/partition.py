@@ -136,7 +136,7 @@ class BlockPartition:
     def city_segment(self, origins: Tensor, directions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Where world rays cross the city box: (near [N], far [N], hit [N] bool)."""
         box = self.city_box().to(origins)
-        t_near, t_far = ray_box_intersect(self.to_city(origins), self.dirs_to_city(directions), box[:1, 0], box[:1, 1])
+        t_near, t_far = ray_box_intersect(self.to_city(origins), self.dirs_to_city(directions), box[0:1], box[1:2])
         t_near, t_far = t_near[:, 0].clamp_min(0.0), t_far[:, 0]
         hit = t_far > t_near
         return t_near, torch.where(hit, t_far, t_near), hit
@@ -206,17 +206,16 @@ def estimate_up(camera_to_worlds: Tensor) -> Tensor:
     return up if up @ cam_up >= 0 else -up
 
 
-def _frame_from_up(up: Tensor, horizontal_points: Tensor) -> Tensor:
-    """Rotation whose rows are (x, y, up); x follows the main horizontal spread of the points."""
-    flat = horizontal_points - (horizontal_points @ up)[:, None] * up
-    flat = flat - flat.mean(0)
-    if len(flat) >= 2 and flat.norm() > 0:
-        x = torch.linalg.svd(flat, full_matrices=False).Vh[0]
-    else:
-        x = torch.tensor([1.0, 0.0, 0.0], dtype=up.dtype)
+def _frame_from_up(up: Tensor) -> Tensor:
+    """Rotation whose rows are (x, y, up): x is the input frame's x axis laid flat.
+
+    Keeping the dataparser's own horizontal axes (rather than, say, a principal direction
+    of the points, which is arbitrary for a square city) keeps the grid predictable.
+    """
+    x = torch.tensor([1.0, 0.0, 0.0], dtype=up.dtype)
+    if abs(float(x @ up)) > 0.9:  # up is close to x: use y instead
+        x = torch.tensor([0.0, 1.0, 0.0], dtype=up.dtype)
     x = x - (x @ up) * up
-    if x.norm() < 1e-6:  # points spread along up only
-        x = torch.tensor([1.0, 0.0, 0.0], dtype=up.dtype) - up[0] * up
     x = x / x.norm()
     y = torch.linalg.cross(up, x)
     return torch.stack([x, y, up])
@@ -268,8 +267,9 @@ def estimate_partition(
     if use_points:
         pts = points.double()
         h = pts @ up
+        # Most points lie on the ground: a high quantile would cut the tallest roofs off.
         ground = torch.quantile(h, 0.02).item()
-        top = torch.quantile(h, 0.98).item()
+        top = torch.quantile(h, 0.999).item()
         footprint = pts
     else:
         # Ground: below every camera; taken where principal rays of downward cameras meet.
@@ -286,7 +286,7 @@ def estimate_partition(
             t = (ground - (c @ up)) / (f @ up)
             footprint = torch.cat([centers, c + t[:, None] * f])
         top = ground + 0.5 * max(cam_h.max().item() - ground, 1e-3)
-    rot = _frame_from_up(up, footprint)
+    rot = _frame_from_up(up)
     local = footprint @ rot.T
     # Robust extent: a stray point or a broken camera pose must not stretch the city.
     lo = torch.quantile(local[:, :2], 0.01 if use_points else 0.02, dim=0)
@@ -313,7 +313,7 @@ def estimate_partition(
             raise PartitionError(f"grid must have at least one block per axis, got {grid}")
     x_edges = torch.linspace(lo[0].item(), hi[0].item(), nx + 1, dtype=torch.float64)
     y_edges = torch.linspace(lo[1].item(), hi[1].item(), ny + 1, dtype=torch.float64)
-    # Frame origin on the ground below the footprint centre; edges are relative to it.
+    # The city frame is a pure rotation of the dataparser frame (origin kept at its origin).
     origin = torch.zeros(3, dtype=torch.float64)
     overlap = overlap_fraction * min((hi - lo)[0].item() / nx, (hi - lo)[1].item() / ny)
     partition = BlockPartition(rot, origin, x_edges, y_edges, z_range, overlap, list(range(nx * ny)))

@@ -89,7 +89,7 @@ class CityPipeline(VanillaPipeline):
         if config.store_dir is None:
             raise ValueError("--pipeline.store-dir is not set (ns-train mclnf-city sets it to <run dir>/city)")
         self.store = CityStore(config.store_dir)
-        training = test_mode != "inference"
+        training = test_mode == "val"  # ns-train; ns-eval/ns-render/ns-export use "test"/"inference"
 
         if self.store.exists:
             partition = self.store.partition()
@@ -346,5 +346,5 @@ class CityPipeline(VanillaPipeline):
         if active >= self.partition.num_blocks:
             raise StoreError(f"checkpoint's active block {active} is not in the partition ({self.partition.num_blocks} blocks)")
         self.model.load_state_dict(model_state, strict=True)
-        if active >= 0:
+        if active >= 0 and self.test_mode == "val":  # resuming training inside that block
             self.datamanager.active_block = active

@@ -150,3 +150,23 @@ def test_partition_round_trip(tmp_path):
     part.save(tmp_path / "p.json")
     again = BlockPartition.load(tmp_path / "p.json")
     assert again.to_dict() == part.to_dict()
+
+
+def test_city_segment_matches_brute_force():
+    part = random_partition()
+    g = torch.Generator().manual_seed(2)
+    box = part.city_box()
+    origins_city = box[0] - 1 + torch.rand(400, 3, generator=g, dtype=torch.float64) * (box[1] - box[0] + 2)
+    target = box[0] + torch.rand(400, 3, generator=g, dtype=torch.float64) * (box[1] - box[0])
+    dirs_city = torch.nn.functional.normalize(target - origins_city + torch.randn(400, 3, generator=g, dtype=torch.float64), dim=-1)
+    origins = origins_city @ part.rotation + part.origin
+    dirs = dirs_city @ part.rotation
+    near, far, hit = part.city_segment(origins, dirs)
+    slow = brute_force_cross(origins_city, dirs_city, box[0:1], box[1:2], t_max=20.0)[:, 0]
+    grazing = (far - near).abs() < 2e-3
+    assert hit.sum() > 100 and (~hit).sum() > 10
+    assert torch.all((hit == slow) | grazing)
+    # the segment's ends lie in the box, and every sample between them is located in a block
+    t = near[hit, None] + (far - near)[hit, None] * torch.linspace(0.001, 0.999, 50, dtype=torch.float64)
+    pts = origins[hit, None] + dirs[hit, None] * t[..., None]
+    assert torch.all(part.locate(pts) >= 0)

@@ -1,0 +1,114 @@
+"""Bad captures fail early with a message naming the file or block; nothing trained is lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_trainer_config
+from mclnf_city.capture import CaptureError
+from mclnf_city.partition import PartitionError
+from mclnf_city.store import StoreError
+
+
+def _copy(capture: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "capture"
+    shutil.copytree(capture, dst)
+    return dst
+
+
+def _setup(capture: Path, tmp_path: Path, **pipeline):
+    config = tiny_trainer_config(capture, tmp_path / "runs", steps_per_block=5, **pipeline)
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def _edit_transforms(capture: Path, edit) -> None:
+    path = capture / "transforms.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_missing_image_is_named(tiny_capture, tmp_path):
+    cap = _copy(tiny_capture, tmp_path)
+    (cap / "images" / "frame_00003.png").unlink()
+    with pytest.raises(CaptureError, match=r"frame_00003\.png"):
+        _setup(cap, tmp_path)
+
+
+def test_unreadable_image_is_named(tiny_capture, tmp_path):
+    cap = _copy(tiny_capture, tmp_path)
+    (cap / "images" / "frame_00002.png").write_bytes(b"this is not a png")
+    with pytest.raises(CaptureError, match=r"frame_00002\.png: cannot read image"):
+        _setup(cap, tmp_path)
+
+
+def test_non_finite_pose_is_named(tiny_capture, tmp_path):
+    cap = _copy(tiny_capture, tmp_path)
+
+    def nan_pose(meta):
+        meta["frames"][5]["transform_matrix"][0][3] = float("nan")
+
+    _edit_transforms(cap, nan_pose)
+    with pytest.raises(CaptureError, match=r"non-finite .*frame_00005\.png"):
+        _setup(cap, tmp_path)
+
+
+def test_camera_far_outside_is_named(tiny_capture, tmp_path):
+    cap = _copy(tiny_capture, tmp_path)
+
+    def far_away(meta):
+        meta["frames"][9]["transform_matrix"][0][3] = 1e6
+
+    _edit_transforms(cap, far_away)
+    with pytest.raises(PartitionError, match=r"frame_00009\.png"):
+        _setup(cap, tmp_path)
+
+
+def test_capture_too_small(tiny_capture, tmp_path):
+    cap = _copy(tiny_capture, tmp_path)
+
+    def keep_two(meta):
+        meta["frames"] = meta["frames"][:1]
+
+    _edit_transforms(cap, keep_two)
+    with pytest.raises((PartitionError, ValueError, AssertionError), match=r"at least 2|train|image"):
+        _setup(cap, tmp_path)
+
+
+def test_blocks_without_rays_are_skipped(tiny_capture, tmp_path, capsys):
+    trainer = _setup(tiny_capture, tmp_path, grid=(5, 5), min_rays_per_block=8000)
+    pipeline = trainer.pipeline
+    empty = [b for b in range(25) if pipeline.store.status(b) == "empty"]
+    assert empty, "expected some blocks below the ray threshold"
+    assert not set(empty) & set(pipeline.stream)
+    assert "skipped" in capsys.readouterr().out
+    assert "training rays" in pipeline.store.block(empty[0])["reason"]
+
+
+def test_store_of_another_capture_is_refused(tiny_capture, tmp_path):
+    trainer = _setup(tiny_capture, tmp_path)
+    store_dir = trainer.pipeline.store.root
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    manifest["info"]["num_train_images"] += 1
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
+    config = tiny_trainer_config(tiny_capture, tmp_path / "runs2", steps_per_block=5, store_dir=store_dir)
+    config.save_config()
+    with pytest.raises(StoreError, match="trained on"):
+        config.setup(local_rank=0, world_size=1).setup()
+    # the store was not touched
+    assert json.loads((store_dir / "manifest.json").read_text()) == manifest
+
+
+def test_prior_of_another_architecture_is_refused(tiny_capture, tmp_path):
+    bad = tmp_path / "prior.pt"
+    torch.save({"encoding.hash_table": torch.zeros(3, 2)}, bad)
+    with pytest.raises(ValueError, match=r"prior .*prior\.pt"):
+        _setup(tiny_capture, tmp_path, prior=bad)
