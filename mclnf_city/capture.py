@@ -17,6 +17,9 @@ import torch
 from PIL import Image
 
 
+MIN_FRAMES = 4
+
+
 class CaptureError(ValueError):
     """The capture on disk is unusable; the message names the file and the problem."""
 
@@ -50,8 +53,9 @@ def check_transforms_json(data: Path) -> None:
     except json.JSONDecodeError as e:
         raise CaptureError(f"{path}: not valid JSON ({e})") from e
     frames = meta.get("frames")
-    if not frames:
-        raise CaptureError(f"{path}: no frames")
+    if not frames or len(frames) < MIN_FRAMES:
+        # nerfstudio's parser divides by the pose spread: one camera is a ZeroDivisionError there.
+        raise CaptureError(f"{path}: capture too small to partition: {len(frames or [])} frame(s), need at least {MIN_FRAMES}")
     bad_pose, missing = [], []
     for i, frame in enumerate(frames):
         name = frame.get("file_path", f"frame {i}")
