@@ -137,3 +137,29 @@ def test_resume_after_sigkill(tiny_capture, tmp_path):
     assert f"block {killed_in} (" in proc.stdout or f"block {killed_in} done" in proc.stdout
     second_ckpt = sorted((tmp_path / "cli" / "mclnf-city-tiny" / "second" / "nerfstudio_models").glob("*.ckpt"))
     assert int(second_ckpt[-1].stem.split("-")[1]) == len(after["stream_order"]) * steps - 1
+
+
+def test_ns_viewer_serves_a_trained_city(trained_run):
+    """ns-viewer loads the city (store, checkpoint) on CPU and serves the viewer page."""
+    import socket
+    import urllib.request
+
+    run_dir, _ = trained_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([str(BIN / "ns-viewer"), "--load-config", str(run_dir / "config.yml"),
+                             "--viewer.websocket-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline, page = time.time() + 180, None
+        while time.time() < deadline and proc.poll() is None and page is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read()
+            except OSError:
+                time.sleep(1)
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
+        assert page and b"<html" in page.lower()
+    finally:
+        proc.kill()
+        proc.wait()
