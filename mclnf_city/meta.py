@@ -11,8 +11,8 @@ batches (inner loop) and a query batch (outer loss).
 
 with φ_i = θ after the inner loop: plain SGD steps ``φ ← φ − α ∇ L_support(φ)``.
 
-Status: the update rules and their tests exist; wiring them into the training schedule
-(`--pipeline.meta.*`) and the bundled prior are not done yet (issue 3).
+`CityPipeline` runs `--pipeline.meta.meta-steps` outer steps on the capture's own blocks
+before streaming (off by default until the benchmark of issue 3 says what helps).
 """
 
 from __future__ import annotations
@@ -32,8 +32,28 @@ def call(module: nn.Module, params: Params, *args, **kwargs):
     return functional_call(module, params, args, kwargs, strict=False)
 
 
-def adapt(module: nn.Module, theta: Params, loss_fn: LossFn, support: Iterable, lr: float, create_graph: bool = False) -> Params:
-    """Inner loop: one SGD step per support batch, starting from θ. Returns φ."""
+def adapt(
+    module: nn.Module,
+    theta: Params,
+    loss_fn: LossFn,
+    support: Iterable,
+    lr: float,
+    create_graph: bool = False,
+    optimizer: Literal["sgd", "adam"] = "sgd",
+) -> Params:
+    """Inner loop: one step per support batch, starting from θ. Returns φ.
+
+    SGD is differentiable (MAML); Adam is what hash grids need in practice (their table
+    gradients are tiny), and Reptile only needs the end point, so it may use either.
+    """
+    if optimizer == "adam":
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in theta.items()}
+        opt = torch.optim.Adam(list(params.values()), lr=lr, eps=1e-15)
+        for batch in support:
+            opt.zero_grad()
+            loss_fn(module, params, batch).backward()
+            opt.step()
+        return {k: v.detach() for k, v in params.items()}
     params = dict(theta)
     for batch in support:
         loss = loss_fn(module, params, batch)
@@ -55,11 +75,12 @@ def meta_step(
     algorithm: Literal["reptile", "fomaml", "maml"],
     inner_lr: float,
     outer_lr: float,
+    inner_optimizer: Literal["sgd", "adam"] = "sgd",
 ) -> Params:
     """One outer update of θ from a meta-batch of tasks, each ``(support_batches, query_batch)``."""
     theta = {k: v.detach() for k, v in theta.items()}
     if algorithm == "reptile":
-        adapted = [adapt(module, _leaves(theta), loss_fn, support, inner_lr) for support, _ in tasks]
+        adapted = [adapt(module, _leaves(theta), loss_fn, support, inner_lr, optimizer=inner_optimizer) for support, _ in tasks]
         return reptile_update(theta, adapted, outer_lr)
     grads: List[Params] = []
     for support, query in tasks:

@@ -33,6 +33,26 @@ from mclnf_city.store import ACTIVE, DONE, EMPTY, CityStore, StoreError, atomic_
 
 
 @dataclass
+class MetaLearningConfig:
+    """Meta-training of θ_shared on the capture's own blocks (tasks), before the stream."""
+
+    meta_steps: int = 0
+    """Outer (meta) steps; 0 streams straight from the prior."""
+    algorithm: Literal["reptile", "fomaml", "maml"] = "reptile"
+    """reptile (first order, cheap), fomaml, or maml (second order through the inner SGD loop)."""
+    inner_steps: int = 8
+    """Adaptation steps per task (each on its own batch of the block's rays)."""
+    inner_lr: float = 1e-2
+    """Inner learning rate (Adam for reptile, SGD for fomaml/maml)."""
+    outer_lr: float = 0.5
+    """Reptile's step size ε, or the (FO)MAML outer learning rate β."""
+    tasks_per_batch: int = 2
+    """Blocks per outer step."""
+    seed: int = 0
+    """Seed of the task and ray draws."""
+
+
+@dataclass
 class CityPipelineConfig(VanillaPipelineConfig):
     """Partition, stream and freeze: the MCL-NF training schedule."""
 
@@ -59,6 +79,8 @@ class CityPipelineConfig(VanillaPipelineConfig):
     """Blocks crossed by fewer training rays are skipped (marked empty, with a message)."""
     store_dir: Optional[Path] = None
     """The block store. Default: <run dir>/city (or the store of the run given with --load-dir)."""
+    meta: MetaLearningConfig = field(default_factory=MetaLearningConfig)
+    """Meta-learning of the shared initialisation θ_shared (MCL-NF)."""
     max_camera_distance: float = 20.0
     """Cameras farther from the median camera than this many median camera distances are reported as broken poses."""
 
@@ -149,6 +171,8 @@ class CityPipeline(VanillaPipeline):
             block_image_masks=masks,
         )
         self.model.to(device)
+        if training and config.meta.meta_steps > 0 and not (self.store.manifest.get("prior") or {}).get("meta"):
+            self.meta_train()
         self._optimizers = None
         self._trainer = None
         self._block_started_at = time.time()
@@ -158,6 +182,10 @@ class CityPipeline(VanillaPipeline):
         """θ_shared: from --pipeline.prior, else from the store, else the architecture's seeded init."""
         probe = BlockField(self.config.model.field, num_images)
         recorded = self.store.manifest.get("prior")
+        if recorded and recorded.get("meta"):  # meta-trained by this run already (resume)
+            state = self.store.load_prior()
+            probe.load_prior(state, source=f"prior in {self.store.root}")
+            return state
         if self.config.prior is not None:
             state = load_checked(Path(self.config.prior), None, f"prior {self.config.prior}")
             probe.load_prior(state, source=f"prior {self.config.prior}")
@@ -176,6 +204,45 @@ class CityPipeline(VanillaPipeline):
             state = BlockField(self.config.model.field, num_images).prior_state()
         self.store.write_prior(state, source=f"default init, seed {self.config.prior_seed}")
         return state
+
+    def meta_train(self) -> None:
+        """Meta-learn θ_shared with the stream's blocks as tasks, then store it as the prior."""
+        from rich.progress import track
+
+        from mclnf_city.meta import call, meta_step
+
+        cfg, model, dm = self.config.meta, self.model, self.datamanager
+        gen = torch.Generator().manual_seed(cfg.seed)
+        theta = {k: v.clone() for k, v in model.prior.items()}
+        prefix = "active."
+
+        def render_loss(module, params, batch):
+            b, step = batch
+            model.start_block(b)  # block geometry (the parameters come from `params`)
+            dm.active_block = b
+            ray_bundle, data = dm.next_train(step)
+            outputs = call(module, {prefix + k: v for k, v in params.items()}, ray_bundle)
+            return torch.mean((outputs["rgb"] - data["image"].to(outputs["rgb"])) ** 2)
+
+        model.train()
+        draw = 10_000_000  # ray draws of meta-training never coincide with the stream's steps
+        for it in track(range(cfg.meta_steps), description=f"Meta-training θ_shared ({cfg.algorithm})"):
+            tasks = []
+            for _ in range(cfg.tasks_per_batch):
+                b = self.stream[int(torch.randint(len(self.stream), (1,), generator=gen))]
+                support = [(b, draw + i) for i in range(cfg.inner_steps)]
+                tasks.append((support, (b, draw + cfg.inner_steps)))
+                draw += cfg.inner_steps + 1
+            theta = meta_step(
+                model, theta, tasks, render_loss, cfg.algorithm, cfg.inner_lr, cfg.outer_lr,
+                inner_optimizer="adam" if cfg.algorithm == "reptile" else "sgd",
+            )
+        model.prior = theta
+        model.active_block.fill_(-1)
+        dm.active_block = None
+        source = f"meta-trained on {self.store.manifest['info'].get('data')}: {cfg.algorithm}, {cfg.meta_steps} steps"
+        self.store.write_prior(theta, source=source, meta={k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+        CONSOLE.print(f"[bold]θ_shared[/bold] {source}")
 
     # ------------------------------------------------------------------ stream
     def block_at(self, step: int) -> int:

@@ -145,10 +145,13 @@ class CityStore:
         self._write_manifest()
 
     # ----- prior -----
-    def write_prior(self, state: Dict[str, torch.Tensor], source: str) -> None:
+    def write_prior(self, state: Dict[str, torch.Tensor], source: str, meta: Optional[Dict[str, Any]] = None) -> None:
+        """Record θ_shared; `meta` holds the meta-learning settings when it was meta-trained here."""
         data = tensor_bytes(state)
         atomic_write_bytes(self.root / "prior.pt", data)
         self.manifest["prior"] = {"file": "prior.pt", "sha256": sha256(data), "source": source}
+        if meta is not None:
+            self.manifest["prior"]["meta"] = meta
         self._write_manifest()
 
     def load_prior(self) -> Dict[str, torch.Tensor]:

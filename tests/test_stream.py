@@ -109,3 +109,29 @@ def test_block_rays_come_from_the_active_block(trained):
     assert torch.isin(flat, dm.block_pixels[b]).all()
     _, again = dm.next_train(step=123)
     assert torch.equal(batch["indices"], again["indices"]), "the sample at a step must be reproducible (resume)"
+
+
+def test_meta_training_writes_the_prior_every_block_starts_from(tiny_capture, tmp_path):
+    """--pipeline.meta.meta-steps: θ_shared is meta-trained on the blocks, stored, and used."""
+    from mclnf_city.meta import meta_step  # noqa: F401 - the module under test
+
+    config = tiny_trainer_config(tiny_capture, tmp_path, steps_per_block=2)
+    config.pipeline.meta.meta_steps = 2
+    config.pipeline.meta.inner_steps = 2
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    pipeline = trainer.pipeline
+    store = CityStore(pipeline.store.root)
+    entry = store.manifest["prior"]
+    assert entry["meta"]["meta_steps"] == 2 and "meta-trained" in entry["source"]
+    prior = store.load_prior()
+    with torch.random.fork_rng():
+        torch.manual_seed(config.pipeline.prior_seed)
+        from mclnf_city.fields import BlockField
+
+        default = BlockField(config.pipeline.model.field, len(pipeline.datamanager.train_dataset)).prior_state()
+    assert any(not torch.equal(prior[k], default[k]) for k in prior), "meta-training did not move θ_shared"
+    pipeline.get_train_loss_dict(0)  # first step starts the first block from θ_shared
+    for k, v in pipeline.model.active.named_parameters():
+        assert torch.equal(v.detach(), prior[k]), k
