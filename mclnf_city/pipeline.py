@@ -28,7 +28,7 @@ from mclnf_city.datamanager import CityDataManagerConfig
 from mclnf_city.fields import BlockField
 from mclnf_city.metrics import image_metrics, lpips_status
 from mclnf_city.model import CityModelConfig
-from mclnf_city.partition import BlockPartition, estimate_partition, look_blocks, partition_table
+from mclnf_city.partition import estimate_partition, look_blocks, partition_table
 from mclnf_city.store import ACTIVE, DONE, EMPTY, CityStore, StoreError, atomic_write_bytes, load_checked, sha256
 
 
@@ -207,42 +207,49 @@ class CityPipeline(VanillaPipeline):
 
     def meta_train(self) -> None:
         """Meta-learn θ_shared with the stream's blocks as tasks, then store it as the prior."""
+        cfg = self.config.meta
+        theta = self.learn_prior(self.stream)
+        self.model.prior = theta
+        source = f"meta-trained on {self.store.manifest['info'].get('data')}: {cfg.algorithm}, {cfg.meta_steps} steps"
+        self.store.write_prior(theta, source=source, meta={k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+        CONSOLE.print(f"[bold]θ_shared[/bold] {source}")
+
+    def learn_prior(self, blocks: List[int]) -> Dict[str, torch.Tensor]:
+        """`--pipeline.meta` outer steps from the current prior, with `blocks` as tasks (writes nothing)."""
         from rich.progress import track
 
-        from mclnf_city.meta import call, meta_step
+        from mclnf_city.meta import meta_step
 
-        cfg, model, dm = self.config.meta, self.model, self.datamanager
+        cfg, model = self.config.meta, self.model
         gen = torch.Generator().manual_seed(cfg.seed)
         theta = {k: v.clone() for k, v in model.prior.items()}
-        prefix = "active."
-
-        def render_loss(module, params, batch):
-            b, step = batch
-            model.start_block(b)  # block geometry (the parameters come from `params`)
-            dm.active_block = b
-            ray_bundle, data = dm.next_train(step)
-            outputs = call(module, {prefix + k: v for k, v in params.items()}, ray_bundle)
-            return torch.mean((outputs["rgb"] - data["image"].to(outputs["rgb"])) ** 2)
-
         model.train()
         draw = 10_000_000  # ray draws of meta-training never coincide with the stream's steps
-        for it in track(range(cfg.meta_steps), description=f"Meta-training θ_shared ({cfg.algorithm})"):
+        for _ in track(range(cfg.meta_steps), description=f"Meta-training θ_shared ({cfg.algorithm})"):
             tasks = []
             for _ in range(cfg.tasks_per_batch):
-                b = self.stream[int(torch.randint(len(self.stream), (1,), generator=gen))]
+                b = blocks[int(torch.randint(len(blocks), (1,), generator=gen))]
                 support = [(b, draw + i) for i in range(cfg.inner_steps)]
                 tasks.append((support, (b, draw + cfg.inner_steps)))
                 draw += cfg.inner_steps + 1
             theta = meta_step(
-                model, theta, tasks, render_loss, cfg.algorithm, cfg.inner_lr, cfg.outer_lr,
+                model, theta, tasks, self.task_loss, cfg.algorithm, cfg.inner_lr, cfg.outer_lr,
                 inner_optimizer="adam" if cfg.algorithm == "reptile" else "sgd",
             )
-        model.prior = theta
         model.active_block.fill_(-1)
-        dm.active_block = None
-        source = f"meta-trained on {self.store.manifest['info'].get('data')}: {cfg.algorithm}, {cfg.meta_steps} steps"
-        self.store.write_prior(theta, source=source, meta={k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
-        CONSOLE.print(f"[bold]θ_shared[/bold] {source}")
+        self.datamanager.active_block = None
+        return theta
+
+    def task_loss(self, module, params: Dict[str, torch.Tensor], batch: Tuple[int, int]) -> torch.Tensor:
+        """Photometric loss of block b's rays drawn at `step`, with the active slot's weights = params."""
+        from mclnf_city.meta import call
+
+        b, step = batch
+        self.model.start_block(b)  # block geometry (the weights come from `params`)
+        self.datamanager.active_block = b
+        ray_bundle, data = self.datamanager.next_train(step)
+        outputs = call(module, {"active." + k: v for k, v in params.items()}, ray_bundle)
+        return torch.mean((outputs["rgb"] - data["image"].to(outputs["rgb"])) ** 2)
 
     # ------------------------------------------------------------------ stream
     def block_at(self, step: int) -> int:

@@ -7,26 +7,18 @@ intersected brute force (Moller-Trumbore) with the triangles of gt/mesh.ply.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("make_city", ROOT / "tools" / "make_city.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_city", mod)  # dataclasses need the module registered
-    spec.loader.exec_module(mod)
-    return sys.modules["make_city"]
-
-
-mc = _load_module()
+mc = load_tool("make_city")
 
 SMALL = dict(blocks_x=2, blocks_y=1, image_width=48, image_height=36, drone_line_spacing=30.0,
              drone_step=16.0, street_step=40.0, num_points=600)

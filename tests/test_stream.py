@@ -113,7 +113,6 @@ def test_block_rays_come_from_the_active_block(trained):
 
 def test_meta_training_writes_the_prior_every_block_starts_from(tiny_capture, tmp_path):
     """--pipeline.meta.meta-steps: θ_shared is meta-trained on the blocks, stored, and used."""
-    from mclnf_city.meta import meta_step  # noqa: F401 - the module under test
 
     config = tiny_trainer_config(tiny_capture, tmp_path, steps_per_block=2)
     config.pipeline.meta.meta_steps = 2

@@ -45,8 +45,6 @@ def main() -> None:
 
     from conftest import tiny_trainer_config
 
-    from mclnf_city.meta import call, meta_step
-
     import tempfile
 
     config = tiny_trainer_config(args.data, Path(tempfile.mkdtemp(prefix="bench_adapt_")), steps_per_block=args.steps)
@@ -61,27 +59,13 @@ def main() -> None:
     train_blocks = pipeline.stream[:-1]
     default = {k: v.clone() for k, v in model.prior.items()}
 
-    def render_loss(module, params, batch):
-        b, step = batch
-        model.start_block(b)
-        dm.active_block = b
-        ray_bundle, data = dm.next_train(step)
-        out = call(module, {"active." + k: v for k, v in params.items()}, ray_bundle)
-        return torch.mean((out["rgb"] - data["image"]) ** 2)
-
-    model.train()
+    config.pipeline.meta.meta_steps = args.meta_steps
+    config.pipeline.meta.inner_steps = args.inner_steps
     t0 = time.time()
-    theta, gen, draw = {k: v.clone() for k, v in default.items()}, torch.Generator().manual_seed(0), 10_000_000
-    for it in range(args.meta_steps):
-        tasks = []
-        for _ in range(2):
-            b = train_blocks[int(torch.randint(len(train_blocks), (1,), generator=gen))]
-            tasks.append(([(b, draw + i) for i in range(args.inner_steps)], None))
-            draw += args.inner_steps
-        theta = meta_step(model, theta, tasks, render_loss, "reptile", 1e-2, 0.5, inner_optimizer="adam")
-        print(f"meta step {it + 1}/{args.meta_steps} ({time.time() - t0:.0f}s)", flush=True)
+    theta = pipeline.learn_prior(train_blocks)  # Reptile (the default), Adam inner loop
     meta_seconds = time.time() - t0
 
+    model.train()
     dm.active_block = held_out
     eval_batches = [dm.next_train(20_000_000 + i) for i in range(4)]  # fixed rays, never trained on
     checkpoints = sorted({0, 10, 25, 50, 100, 200, args.steps})
