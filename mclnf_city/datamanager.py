@@ -20,6 +20,7 @@ from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, Va
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
 from mclnf_city.capture import CaptureError, load_image_uint8
+from mclnf_city.fisher import ScoreBuffer
 from mclnf_city.partition import BlockPartition
 
 
@@ -49,9 +50,11 @@ class BlockPixelSampler:
     def __init__(self, num_rays_per_batch: int, seed: int):
         self.num_rays_per_batch, self.seed = num_rays_per_batch, seed
 
+    def generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+
     def sample(self, pool_size: int, step: int) -> Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return torch.randint(0, pool_size, (self.num_rays_per_batch,), generator=gen)
+        return torch.randint(0, pool_size, (self.num_rays_per_batch,), generator=self.generator(step))
 
 
 class CityDataManager(VanillaDataManager):
@@ -78,6 +81,10 @@ class CityDataManager(VanillaDataManager):
         self.train_ray_generator = RayGenerator(cameras.to(self.device))
         self.block_pixels: Dict[int, Tensor] = {}
         self.active_block: Optional[int] = None
+        # FIM-NeRF sampling (off unless the pipeline sets a uniform fraction): the active
+        # block's per-pixel scores. Not checkpointed: a resumed block starts it afresh.
+        self.fisher_uniform_fraction: Optional[float] = None
+        self.score_buffer: Optional[Tuple[int, ScoreBuffer]] = None
         self.train_pixel_sampler = BlockPixelSampler(self.config.train_num_rays_per_batch, self.config.seed)
 
     # ----- pixels and blocks -----
@@ -113,14 +120,37 @@ class CityDataManager(VanillaDataManager):
     # ----- sampling -----
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         self.train_count += 1
+        positions = None
         if self.active_block is not None:
             pool = self.block_pixels[self.active_block]
-            pick = pool[self.train_pixel_sampler.sample(len(pool), step)]
+            buffer = self._score_buffer()
+            if buffer is not None:
+                n = self.train_pixel_sampler.num_rays_per_batch
+                positions = buffer.sample(n, self.train_pixel_sampler.generator(step))
+            else:
+                positions = self.train_pixel_sampler.sample(len(pool), step)
+            pick = pool[positions]
         else:  # no stream running (export, inspection): any training pixel
             pick = self.train_pixel_sampler.sample(int(self.offsets[-1]), step)
         indices = self.flat_to_indices(pick)
         batch = {"image": self.colors[pick].float().div_(255.0).to(self.device), "indices": indices}
+        if positions is not None:
+            batch["pool_positions"] = positions
         return self.train_ray_generator(indices.to(self.device)), batch
+
+    def _score_buffer(self) -> Optional[ScoreBuffer]:
+        if self.fisher_uniform_fraction is None or self.active_block is None:
+            return None
+        if self.score_buffer is None or self.score_buffer[0] != self.active_block:
+            pool = self.block_pixels[self.active_block]
+            self.score_buffer = (self.active_block, ScoreBuffer(len(pool), self.fisher_uniform_fraction))
+        return self.score_buffer[1]
+
+    def record_scores(self, batch: Dict, scores: Tensor) -> None:
+        """Refresh the active block's score buffer with the scores of the rays just trained on."""
+        buffer = self._score_buffer()
+        if buffer is not None and "pool_positions" in batch:
+            buffer.update(batch["pool_positions"], scores)
 
     def get_train_rays_per_batch(self) -> int:
         return self.train_pixel_sampler.num_rays_per_batch

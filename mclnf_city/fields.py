@@ -95,14 +95,17 @@ class BlockField(nn.Module):
             implementation=impl,
         )
         assert abs(self.encoding.growth_factor - growth) < 1e-6
+        # Each head ends in a plain torch Linear, whatever the backend: the inputs of these last
+        # layers give FIM-NeRF's closed-form Fisher score (mclnf_city/fisher.py).
         self.density_head = MLP(
             in_dim=self.encoding.get_out_dim(),
-            num_layers=2,
+            num_layers=1,
             layer_width=spec.hidden_dim,
-            out_dim=1 + spec.geo_feat_dim,
-            activation=nn.ReLU(),
+            out_dim=spec.hidden_dim,
+            out_activation=nn.ReLU(),
             implementation=impl,
         )
+        self.density_out = nn.Linear(spec.hidden_dim, 1 + spec.geo_feat_dim)
         self.direction_encoding = SHEncoding(levels=4, implementation=impl)
         dim_app = spec.appearance_embedding_dim
         self.appearance = nn.Embedding(num_images, dim_app) if dim_app > 0 else None
@@ -110,22 +113,23 @@ class BlockField(nn.Module):
             nn.init.zeros_(self.appearance.weight)  # start neutral: unseen test views use the mean
         self.color_head = MLP(
             in_dim=self.direction_encoding.get_out_dim() + spec.geo_feat_dim + dim_app,
-            num_layers=3,
+            num_layers=2,
             layer_width=spec.hidden_dim_color,
-            out_dim=3,
+            out_dim=spec.hidden_dim_color,
             activation=nn.ReLU(),
-            out_activation=nn.Sigmoid(),
+            out_activation=nn.ReLU(),
             implementation=impl,
         )
+        self.color_out = nn.Linear(spec.hidden_dim_color, 3)
         self.far_field_head = MLP(
             in_dim=self.direction_encoding.get_out_dim(),
-            num_layers=2,
+            num_layers=1,
             layer_width=spec.far_field_hidden_dim,
-            out_dim=3,
-            activation=nn.ReLU(),
-            out_activation=nn.Sigmoid(),
+            out_dim=spec.far_field_hidden_dim,
+            out_activation=nn.ReLU(),
             implementation=impl,
         )
+        self.far_field_out = nn.Linear(spec.far_field_hidden_dim, 3)
         # Block geometry: world -> city rotation, city origin, box centre and half size.
         self.register_buffer("block_id", torch.tensor(-1))
         self.register_buffer("rotation", torch.eye(3))
@@ -155,24 +159,38 @@ class BlockField(nn.Module):
     # ----- queries -----
     def density(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
         """positions [N, 3] (world) -> density [N, 1], geometry features [N, geo_feat_dim]."""
-        x = self.local_coordinates(positions)
-        h = self.density_head(self.encoding(x))
-        density = trunc_exp(h[..., :1].to(positions) - 1.0)
-        return density, h[..., 1:]
+        density, geo, _ = self._density(positions)
+        return density, geo
+
+    def _density(self, positions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        hidden = self.density_head(self.encoding(self.local_coordinates(positions))).to(positions)
+        h = self.density_out(hidden)
+        return trunc_exp(h[..., :1] - 1.0), h[..., 1:], hidden
 
     def forward(self, positions: Tensor, directions: Tensor, camera_indices: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """positions, directions [N, 3]; camera_indices [N] or None -> density [N, 1], rgb [N, 3]."""
-        density, geo = self.density(positions)
+        density, rgb, _, _ = self.radiance(positions, directions, camera_indices)
+        return density, rgb
+
+    def radiance(self, positions: Tensor, directions: Tensor, camera_indices: Optional[Tensor]) -> Tuple[Tensor, ...]:
+        """As `forward`, plus the inputs of the density and colour heads' last layers [N, hidden]."""
+        density, geo, density_hidden = self._density(positions)
         d = self._encode_directions(directions)
         parts = [d, geo]
         if self.appearance is not None:
             parts.append(self._embedding(camera_indices, len(positions), positions))
-        rgb = self.color_head(torch.cat(parts, dim=-1)).to(positions)
-        return density, rgb
+        color_hidden = self.color_head(torch.cat(parts, dim=-1)).to(positions)
+        rgb = torch.sigmoid(self.color_out(color_hidden))
+        return density, rgb, density_hidden, color_hidden
 
     def far_field(self, directions: Tensor) -> Tensor:
         """Colour [N, 3] of what lies beyond the city box, seen along unit directions [N, 3]."""
-        return self.far_field_head(self._encode_directions(directions)).to(directions)
+        return self.far_field_radiance(directions)[0]
+
+    def far_field_radiance(self, directions: Tensor) -> Tuple[Tensor, Tensor]:
+        """Far-field colour [N, 3] and the input of its last layer [N, far_field_hidden_dim]."""
+        hidden = self.far_field_head(self._encode_directions(directions)).to(directions)
+        return torch.sigmoid(self.far_field_out(hidden)), hidden
 
     def _encode_directions(self, directions: Tensor) -> Tensor:
         # tcnn's SH encoding takes directions mapped to [0, 1]; nerfstudio's torch path takes
@@ -191,13 +209,15 @@ class BlockField(nn.Module):
         return w.to(like).expand(n, -1)
 
     # ----- prior (θ_shared) -----
+    # The per-image appearance embedding belongs to a capture, not to the prior: it is left
+    # out of θ_shared and starts at zero in every block.
     def prior_state(self) -> Dict[str, Tensor]:
-        """The learnable weights only: what θ_shared is made of."""
-        return {k: v.detach().clone() for k, v in self.named_parameters()}
+        """The shared learnable weights: what θ_shared is made of."""
+        return {k: v.detach().clone() for k, v in self.named_parameters() if not k.startswith("appearance.")}
 
     def load_prior(self, state: Dict[str, Tensor], source: str = "prior") -> None:
-        """Reset every parameter to θ_shared (strict: names and shapes must match)."""
-        own = dict(self.named_parameters())
+        """Reset every parameter to θ_shared, and the appearance embedding to zero (strict)."""
+        own = {k: p for k, p in self.named_parameters() if not k.startswith("appearance.")}
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or extra:
             raise ValueError(f"{source} does not match the block architecture: missing {missing}, unexpected {extra}")
@@ -206,6 +226,8 @@ class BlockField(nn.Module):
                 if p.shape != state[k].shape:
                     raise ValueError(f"{source}: {k} has shape {tuple(state[k].shape)}, expected {tuple(p.shape)}")
                 p.copy_(state[k])
+            if self.appearance is not None:
+                self.appearance.weight.zero_()
 
     def load_block_state(self, state: Dict[str, Tensor], what: str) -> None:
         """Strict load of a full block state (parameters and geometry), with a clear error."""

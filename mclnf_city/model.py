@@ -30,6 +30,7 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
 from mclnf_city.fields import BlockField, BlockFieldSpec, resolve_implementation
+from mclnf_city.fisher import exact_fisher, last_layer_fisher
 from mclnf_city.partition import BlockPartition
 from mclnf_city.rendering import composite, route
 from mclnf_city.store import CityStore
@@ -115,6 +116,7 @@ class CityModel(Model):
         self.pdf_sampler = PDFSampler(num_samples=self.config.num_fine_samples)
         self.depth_renderer = DepthRenderer(method="expected")
         self.solo_block: Optional[int] = None
+        self.fisher_features = False  # set by the pipeline when FIM-NeRF is on
 
     # ------------------------------------------------------------------ stream
     def start_block(self, b: int) -> None:
@@ -172,28 +174,43 @@ class CityModel(Model):
             return None
         return self.frozen.get(key, device)
 
-    def _query(self, ray_samples: RaySamples, with_rgb: bool) -> Tuple[Tensor, ...]:
+    def _query(self, ray_samples: RaySamples, with_rgb: bool, with_features: bool = False) -> Tuple[Tensor, ...]:
         positions = ray_samples.frustums.get_positions()
         cams = ray_samples.camera_indices
         outs = self._evaluate_points(
             positions.reshape(-1, 3),
             ray_samples.frustums.directions.reshape(-1, 3) if with_rgb else None,
             cams.reshape(-1) if cams is not None else None,
+            with_features,
         )
         return tuple(o.reshape(*positions.shape[:-1], -1) for o in outs)
 
-    def _evaluate_points(self, points: Tensor, directions: Optional[Tensor], cams: Optional[Tensor]) -> Tuple[Tensor, ...]:
-        """Route world points [N, 3] to their modules: density [N, 1] (and rgb [N, 3] given directions)."""
+    def _evaluate_points(
+        self, points: Tensor, directions: Optional[Tensor], cams: Optional[Tensor], with_features: bool = False
+    ) -> Tuple[Tensor, ...]:
+        """Route world points [N, 3] to their modules: density [N, 1] (and rgb [N, 3] given directions,
+        and with_features the active slot's density and colour last-layer inputs [h; 1], zero where
+        another block answers)."""
         keys = self._module_keys(self.partition.locate(points))
+        widths = (self.spec.hidden_dim + 1, self.spec.hidden_dim_color + 1)
 
         def evaluate(module: BlockField, idx: Tensor):
             with torch.set_grad_enabled(torch.is_grad_enabled() and module is self.active):
-                if directions is not None:
-                    return module(points[idx], directions[idx], None if cams is None else cams[idx])
-                return (module.density(points[idx])[0],)
+                if directions is None:
+                    return (module.density(points[idx])[0],)
+                density, rgb, *hidden = module.radiance(points[idx], directions[idx], None if cams is None else cams[idx])
+                if not with_features:
+                    return density, rgb
+                return (density, rgb) + tuple(self._last_layer_inputs(module, h, w) for h, w in zip(hidden, widths))
 
-        dims = (1, 3) if directions is not None else (1,)
+        dims = (1,) if directions is None else (1, 3) + widths if with_features else (1, 3)
         return route(keys, lambda k: self._module(k, points.device), evaluate, dims, points)
+
+    def _last_layer_inputs(self, module: BlockField, hidden: Tensor, width: int) -> Tensor:
+        """[h; 1] for the active slot; zeros for a frozen block (it holds no active parameter)."""
+        if module is self.active:
+            return torch.cat([hidden.detach(), torch.ones_like(hidden[:, :1])], dim=-1)
+        return torch.zeros(len(hidden), width, dtype=hidden.dtype, device=hidden.device)
 
     @torch.no_grad()
     def _surface_normals(self, points: Tensor) -> Tensor:
@@ -209,19 +226,23 @@ class CityModel(Model):
         grad = density[:, :3] - density[:, 3:]
         return -torch.nn.functional.normalize(grad, dim=-1)
 
-    def _background(self, origins: Tensor, directions: Tensor, far: Tensor) -> Tensor:
-        """Far-field colour, from the block (or active slot) where each ray leaves the city."""
+    def _background(self, origins: Tensor, directions: Tensor, far: Tensor, with_features: bool = False) -> Tuple[Tensor, ...]:
+        """Far-field colour [R, 3] from the block (or active slot) where each ray leaves the city
+        (and with_features its last layer's input [h; 1], zero where a frozen block answers)."""
         exit_points = origins + directions * far[:, None]
         owners = self.partition.block_of_xy(exit_points)
         if self.solo_block is not None:
             owners = torch.full_like(owners, self.solo_block)
         keys = self._module_keys(owners)
+        width = self.spec.far_field_hidden_dim + 1
 
         def evaluate(module: BlockField, idx: Tensor):
             with torch.set_grad_enabled(torch.is_grad_enabled() and module is self.active):
-                return (module.far_field(directions[idx]),)
+                rgb, hidden = module.far_field_radiance(directions[idx])
+                return (rgb, self._last_layer_inputs(module, hidden, width)) if with_features else (rgb,)
 
-        return route(keys, lambda k: self._module(k, origins.device), evaluate, (3,), origins)[0]
+        dims = (3, width) if with_features else (3,)
+        return route(keys, lambda k: self._module(k, origins.device), evaluate, dims, origins)
 
     # ------------------------------------------------------------------ rendering
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
@@ -234,12 +255,19 @@ class CityModel(Model):
             (coarse_density,) = self._query(coarse, with_rgb=False)
             coarse_weights = coarse.get_weights(coarse_density)
         fine = self.pdf_sampler(ray_bundle, coarse, coarse_weights)
-        density, rgb = self._query(fine, with_rgb=True)
+        with_features = self.training and self.fisher_features
+        density, sample_rgb, *sample_in = self._query(fine, with_rgb=True, with_features=with_features)
         weights = fine.get_weights(density) * hit[:, None, None]
-        background = self._background(origins, directions, far)
-        rgb, accumulation = composite(weights, rgb, background)
+        background, *far_in = self._background(origins, directions, far, with_features)
+        rgb, accumulation = composite(weights, sample_rgb, background)
         depth = self.depth_renderer(weights=weights, ray_samples=fine)
         outputs = {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+        if with_features:  # what FIM-NeRF's closed-form score needs (CityModel.fisher_scores)
+            outputs["fisher_inputs"] = dict(
+                weights=weights.detach(), sample_rgb=sample_rgb.detach(), density=density.detach(),
+                deltas=fine.deltas, density_in=sample_in[0], color_in=sample_in[1],
+                background=background.detach(), far_in=far_in[0], hit=hit.to(density),
+            )
         if not self.training:  # normals in [0, 1], as nerfstudio's exporter and viewer expect
             normals = self._surface_normals(origins + directions * depth)
             outputs["normals"] = (normals + 1.0) / 2.0
@@ -256,8 +284,19 @@ class CityModel(Model):
         return {"psnr": -10.0 * torch.log10(mse.detach().clamp_min(1e-10))}
 
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, Tensor]:
+        """Mean squared error, each ray weighted by batch["ray_weights"] (FIM-NeRF) when given."""
         gt = _rgb(batch["image"]).to(outputs["rgb"])
-        return {"rgb_loss": torch.mean((outputs["rgb"] - gt) ** 2)}
+        per_ray = torch.mean((outputs["rgb"] - gt) ** 2, dim=-1)
+        weights = batch.get("ray_weights")
+        return {"rgb_loss": torch.mean(per_ray if weights is None else per_ray * weights.to(per_ray))}
+
+    def fisher_scores(self, outputs: Dict[str, Tensor], batch: Dict, exact: bool = False) -> Tensor:
+        """FIM-NeRF score of every training ray [R] for the active slot (see mclnf_city/fisher.py)."""
+        gt = _rgb(batch["image"]).to(outputs["rgb"])
+        if exact:
+            per_ray = torch.mean((outputs["rgb"] - gt) ** 2, dim=-1)
+            return exact_fisher(per_ray, list(self.active.parameters()))
+        return last_layer_fisher(outputs["rgb"].detach() - gt, **outputs["fisher_inputs"])
 
     def get_image_metrics_and_images(self, outputs, batch) -> Tuple[Dict[str, float], Dict[str, Tensor]]:
         from mclnf_city.metrics import image_metrics

@@ -25,7 +25,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from mclnf_city.capture import check_cameras, check_transforms_json
 from mclnf_city.datamanager import CityDataManagerConfig
-from mclnf_city.fields import BlockField
+from mclnf_city.fields import BlockField, BlockFieldSpec
+from mclnf_city.fisher import FisherConfig, fisher_loss_weights
 from mclnf_city.metrics import image_metrics, lpips_status
 from mclnf_city.model import CityModelConfig
 from mclnf_city.partition import estimate_partition, look_blocks, partition_table
@@ -50,6 +51,10 @@ class MetaLearningConfig:
     """Blocks per outer step."""
     seed: int = 0
     """Seed of the task and ray draws."""
+    continual: bool = False
+    """Meta-continual: after each block finishes, move θ_shared towards its weights (a Reptile step), so later blocks start from what earlier ones learned."""
+    continual_epsilon: float = 0.2
+    """Step size of the meta-continual update θ ← θ + ε (φ_block − θ)."""
 
 
 @dataclass
@@ -71,16 +76,18 @@ class CityPipelineConfig(VanillaPipelineConfig):
     """Training steps of each block; ns-train runs (number of non-empty blocks) x this many steps."""
     lr_final_fraction: float = 0.1
     """Learning rate at the end of a block, as a fraction of its initial value (exponential decay)."""
-    prior: Optional[Path] = None
-    """θ_shared: a prior file (state dict of one block's parameters). Default: the architecture's init."""
+    prior: str = "bundled"
+    """θ_shared, where every block starts: 'bundled' (the prior meta-learned on generated cities and shipped in assets/priors for this architecture; 'random' with a notice if none is), 'random' (the architecture's seeded init), or the path of a prior file."""
     prior_seed: int = 0
-    """Seed of the default prior (used only without --pipeline.prior)."""
+    """Seed of the 'random' prior."""
     min_rays_per_block: int = 1000
     """Blocks crossed by fewer training rays are skipped (marked empty, with a message)."""
     store_dir: Optional[Path] = None
     """The block store. Default: <run dir>/city (or the store of the run given with --load-dir)."""
     meta: MetaLearningConfig = field(default_factory=MetaLearningConfig)
     """Meta-learning of the shared initialisation θ_shared (MCL-NF)."""
+    fisher: FisherConfig = field(default_factory=FisherConfig)
+    """FIM-NeRF: Fisher-information ray scores driving loss weights and ray sampling."""
     max_camera_distance: float = 20.0
     """Cameras farther from the median camera than this many median camera distances are reported as broken poses."""
 
@@ -171,84 +178,80 @@ class CityPipeline(VanillaPipeline):
             block_image_masks=masks,
         )
         self.model.to(device)
-        if training and config.meta.meta_steps > 0 and not (self.store.manifest.get("prior") or {}).get("meta"):
-            self.meta_train()
+        if training:
+            if config.meta.meta_steps > 0 and not self._prior_meta().get("meta_trained"):
+                self.meta_train()
+            if config.meta.continual:
+                self.absorb_finished_blocks()
+            self.model.fisher_features = config.fisher.enabled
+            if config.fisher.sampling:
+                self.datamanager.fisher_uniform_fraction = config.fisher.uniform_fraction
         self._optimizers = None
         self._trainer = None
         self._block_started_at = time.time()
 
     # ------------------------------------------------------------------ prior
     def _resolve_prior(self, num_images: int) -> Dict[str, torch.Tensor]:
-        """θ_shared: from --pipeline.prior, else from the store, else the architecture's seeded init."""
+        """θ_shared: the store's (a run resumed or evaluated keeps its own), else --pipeline.prior."""
         probe = BlockField(self.config.model.field, num_images)
-        recorded = self.store.manifest.get("prior")
-        if recorded and recorded.get("meta"):  # meta-trained by this run already (resume)
+        if self.store.manifest.get("prior"):
             state = self.store.load_prior()
             probe.load_prior(state, source=f"prior in {self.store.root}")
+            asked = self.config.prior
+            if asked not in ("bundled", "random") and not self._prior_meta():
+                given = load_checked(Path(asked), None, f"prior {asked}")
+                if set(given) != set(state) or any(not torch.equal(given[k], v) for k, v in state.items()):
+                    raise StoreError(f"{self.store.root} was started from another prior ({self.store.manifest['prior']['source']})")
             return state
-        if self.config.prior is not None:
-            state = load_checked(Path(self.config.prior), None, f"prior {self.config.prior}")
-            probe.load_prior(state, source=f"prior {self.config.prior}")
-            if recorded:
-                if any(not torch.equal(state[k], v) for k, v in self.store.load_prior().items()):
-                    raise StoreError(f"{self.store.root} was started from another prior ({recorded['source']})")
-            else:
-                self.store.write_prior(state, source=str(self.config.prior))
-            return state
-        if recorded:
-            state = self.store.load_prior()
-            probe.load_prior(state, source=f"prior in {self.store.root}")
-            return state
-        with torch.random.fork_rng():
-            torch.manual_seed(self.config.prior_seed)
-            state = BlockField(self.config.model.field, num_images).prior_state()
-        self.store.write_prior(state, source=f"default init, seed {self.config.prior_seed}")
+        state, source = initial_prior(self.config.prior, self.config.model.field, self.config.prior_seed)
+        probe.load_prior(state, source=source)
+        self.store.write_prior(state, source=source)
+        CONSOLE.print(f"[bold]θ_shared[/bold]: {source}")
         return state
+
+    def _prior_meta(self) -> Dict[str, Any]:
+        return (self.store.manifest.get("prior") or {}).get("meta") or {}
 
     def meta_train(self) -> None:
         """Meta-learn θ_shared with the stream's blocks as tasks, then store it as the prior."""
         cfg = self.config.meta
         theta = self.learn_prior(self.stream)
         self.model.prior = theta
-        source = f"meta-trained on {self.store.manifest['info'].get('data')}: {cfg.algorithm}, {cfg.meta_steps} steps"
-        self.store.write_prior(theta, source=source, meta={k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+        source = f"meta-trained on {self.store.manifest['info'].get('data')}: {cfg.algorithm}, {cfg.meta_steps} steps, from {self.store.manifest['prior']['source']}"
+        settings = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+        self.store.write_prior(theta, source=source, meta={"meta_trained": settings})
         CONSOLE.print(f"[bold]θ_shared[/bold] {source}")
 
     def learn_prior(self, blocks: List[int]) -> Dict[str, torch.Tensor]:
         """`--pipeline.meta` outer steps from the current prior, with `blocks` as tasks (writes nothing)."""
-        from rich.progress import track
+        return learn_prior([(self, b) for b in blocks], self.model.prior, self.config.meta)
 
-        from mclnf_city.meta import meta_step
+    def absorb_finished_blocks(self) -> None:
+        """Meta-continual: θ ← θ + ε (φ_b − θ) for every finished block not absorbed yet, in stream order."""
+        meta = dict(self._prior_meta())
+        absorbed = list(meta.get("continual_absorbed", []))
+        todo = [b for b in self.stream if self.store.status(b) == DONE and b not in absorbed]
+        if not todo:
+            return
+        theta = self.model.prior
+        eps = self.config.meta.continual_epsilon
+        for b in todo:
+            phi = self.store.load_block(b)
+            theta = {k: v + eps * (phi[k].to(v) - v) for k, v in theta.items()}
+            absorbed.append(b)
+        self.model.prior = theta
+        meta["continual_absorbed"] = absorbed
+        source = self.store.manifest["prior"]["source"].split(" + meta-continual")[0] + f" + meta-continual (ε {eps}) on blocks {absorbed}"
+        self.store.write_prior(theta, source=source, meta=meta)
 
-        cfg, model = self.config.meta, self.model
-        gen = torch.Generator().manual_seed(cfg.seed)
-        theta = {k: v.clone() for k, v in model.prior.items()}
-        model.train()
-        draw = 10_000_000  # ray draws of meta-training never coincide with the stream's steps
-        for _ in track(range(cfg.meta_steps), description=f"Meta-training θ_shared ({cfg.algorithm})"):
-            tasks = []
-            for _ in range(cfg.tasks_per_batch):
-                b = blocks[int(torch.randint(len(blocks), (1,), generator=gen))]
-                support = [(b, draw + i) for i in range(cfg.inner_steps)]
-                tasks.append((support, (b, draw + cfg.inner_steps)))
-                draw += cfg.inner_steps + 1
-            theta = meta_step(
-                model, theta, tasks, self.task_loss, cfg.algorithm, cfg.inner_lr, cfg.outer_lr,
-                inner_optimizer="adam" if cfg.algorithm == "reptile" else "sgd",
-            )
-        model.active_block.fill_(-1)
-        self.datamanager.active_block = None
-        return theta
-
-    def task_loss(self, module, params: Dict[str, torch.Tensor], batch: Tuple[int, int]) -> torch.Tensor:
+    def task_loss(self, params: Dict[str, torch.Tensor], b: int, step: int) -> torch.Tensor:
         """Photometric loss of block b's rays drawn at `step`, with the active slot's weights = params."""
         from mclnf_city.meta import call
 
-        b, step = batch
         self.model.start_block(b)  # block geometry (the weights come from `params`)
         self.datamanager.active_block = b
         ray_bundle, data = self.datamanager.next_train(step)
-        outputs = call(module, {"active." + k: v for k, v in params.items()}, ray_bundle)
+        outputs = call(self.model, {"active." + k: v for k, v in params.items()}, ray_bundle)
         return torch.mean((outputs["rgb"] - data["image"].to(outputs["rgb"])) ** 2)
 
     # ------------------------------------------------------------------ stream
@@ -275,7 +278,17 @@ class CityPipeline(VanillaPipeline):
             # Finished and stored by an earlier run after its last checkpoint: do not retrain.
             zero = sum(p.sum() * 0.0 for p in self.model.active.parameters())
             return {}, {"rgb_loss": zero}, {}
-        return super().get_train_loss_dict(step)
+        ray_bundle, batch = self.datamanager.next_train(step)
+        outputs = self.model(ray_bundle)
+        metrics = self.model.get_metrics_dict(outputs, batch)
+        fisher = self.config.fisher
+        if fisher.enabled:
+            scores = self.model.fisher_scores(outputs, batch, exact=fisher.score == "exact")
+            self.datamanager.record_scores(batch, scores)
+            if fisher.loss_weighting:
+                batch["ray_weights"] = fisher_loss_weights(scores, fisher.weight_range)
+            metrics["fisher_score_mean"] = scores.mean()
+        return outputs, self.model.get_loss_dict(outputs, batch, metrics), metrics
 
     def _set_lr(self, step: int) -> None:
         if self._optimizers is None:
@@ -302,6 +315,8 @@ class CityPipeline(VanillaPipeline):
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("psnr", "ssim", "lpips_alex"))
             CONSOLE.print(f"[green]block {b} done[/green] and frozen -> {self.store.root} ({shown or 'no test views'})")
         self.model.block_finished(b)
+        if self.config.meta.continual:
+            self.absorb_finished_blocks()
         if self._trainer is not None:
             self._trainer.save_checkpoint(step)
         if b == self.stream[-1]:
@@ -422,3 +437,71 @@ class CityPipeline(VanillaPipeline):
         self.model.load_state_dict(model_state, strict=True)
         if active >= 0 and self.test_mode == "val":  # resuming training inside that block
             self.datamanager.active_block = active
+
+
+# ---------------------------------------------------------------------- θ_shared
+PRIOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "priors"
+
+
+def prior_key(spec: BlockFieldSpec) -> str:
+    """Name of the bundled prior of an architecture: the fields that shape θ_shared."""
+    s = spec
+    return (
+        f"blockfield-L{s.num_levels}-R{s.base_res}-{s.max_res}-T{s.log2_hashmap_size}-F{s.features_per_level}"
+        f"-H{s.hidden_dim}-G{s.geo_feat_dim}-C{s.hidden_dim_color}-A{s.appearance_embedding_dim}-S{s.far_field_hidden_dim}"
+    )
+
+
+def bundled_prior_path(spec: BlockFieldSpec) -> Path:
+    return PRIOR_DIR / f"{prior_key(spec)}.pt"
+
+
+def initial_prior(asked: str, spec: BlockFieldSpec, seed: int) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The prior --pipeline.prior names ('bundled', 'random' or a path), and where it came from."""
+    if asked == "bundled":
+        path = bundled_prior_path(spec)
+        if path.exists():
+            return load_checked(path, None, f"bundled prior {path}"), f"bundled prior {path.name}"
+        CONSOLE.print(f"[yellow]no bundled prior for this architecture ({path.name}): starting from the seeded init")
+        asked = "random"
+    if asked == "random":
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return BlockField(spec, num_images=1).prior_state(), f"default init, seed {seed}"  # capture-independent
+    path = Path(asked)
+    if not path.exists():
+        raise FileNotFoundError(f"--pipeline.prior {asked}: no such file (or use 'bundled' / 'random')")
+    return load_checked(path, None, f"prior {path}"), str(path)
+
+
+def learn_prior(tasks: List[Tuple["CityPipeline", int]], prior: Dict[str, torch.Tensor], cfg: MetaLearningConfig) -> Dict[str, torch.Tensor]:
+    """cfg.meta_steps outer steps of cfg.algorithm from `prior`; a task is a block of a capture's pipeline."""
+    from rich.progress import track
+
+    from mclnf_city.meta import meta_step
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    theta = {k: v.clone() for k, v in prior.items()}
+    for pipeline, _ in tasks:
+        pipeline.model.train()
+    draw = 10_000_000  # ray draws of meta-training never coincide with the stream's steps
+
+    def loss(_module, params, batch):
+        pipeline, b, step = batch
+        return pipeline.task_loss(params, b, step)
+
+    for _ in track(range(cfg.meta_steps), description=f"Meta-training θ_shared ({cfg.algorithm})"):
+        batch_tasks = []
+        for _ in range(cfg.tasks_per_batch):
+            pipeline, b = tasks[int(torch.randint(len(tasks), (1,), generator=gen))]
+            support = [(pipeline, b, draw + i) for i in range(cfg.inner_steps)]
+            batch_tasks.append((support, (pipeline, b, draw + cfg.inner_steps)))
+            draw += cfg.inner_steps + 1
+        theta = meta_step(
+            None, theta, batch_tasks, loss, cfg.algorithm, cfg.inner_lr, cfg.outer_lr,
+            inner_optimizer="adam" if cfg.algorithm == "reptile" else "sgd",
+        )
+    for pipeline, _ in tasks:
+        pipeline.model.active_block.fill_(-1)
+        pipeline.datamanager.active_block = None
+    return theta

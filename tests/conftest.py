@@ -35,23 +35,8 @@ def tiny_capture(tmp_path_factory) -> Path:
 
 def tiny_trainer_config(data: Path, output_dir: Path, steps_per_block: int = 30, **pipeline):
     """The mclnf-city-tiny preset pointed at a capture, shortened for tests."""
-    from method_configs.mclnf_city_presets import mclnf_city_tiny
-
-    config = mclnf_city_tiny.config
-    import copy
-
-    config = copy.deepcopy(config)
-    config.data = data
-    config.pipeline.datamanager.data = data
-    config.output_dir = output_dir
-    config.vis = "tensorboard"
-    config.machine.device_type = "cpu"
-    config.pipeline.steps_per_block = steps_per_block
-    config.pipeline.datamanager.train_num_rays_per_batch = 256
+    config = load_tool("city_runs").preset_config("mclnf-city-tiny", data, output_dir, steps_per_block, rays=256, **pipeline)
     config.pipeline.model.num_coarse_samples = 16
     config.pipeline.model.num_fine_samples = 16
     config.steps_per_save = 10_000
-    for key, value in pipeline.items():
-        setattr(config.pipeline, key, value)
-    config.set_timestamp()
     return config

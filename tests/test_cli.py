@@ -84,7 +84,9 @@ def test_ns_export_pointcloud(trained_run, tmp_path):
 def test_help_lists_our_options():
     proc = run(["ns-train", "mclnf-city", "--help"], timeout=120)
     assert "--pipeline.steps-per-block" in proc.stdout and "Training steps of each block" in proc.stdout
-    assert "--pipeline.prior" in proc.stdout
+    for option in ("--pipeline.prior", "--pipeline.meta.continual", "--pipeline.fisher.sampling",
+                   "--pipeline.fisher.loss-weighting", "--pipeline.fisher.uniform-fraction"):
+        assert option in proc.stdout, option
 
 
 def _manifest(path: Path):

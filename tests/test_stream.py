@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_trainer_config
+from conftest import load_tool, tiny_trainer_config
+from mclnf_city.pipeline import initial_prior
 from mclnf_city.store import DONE, CityStore, StoreError
+
+setup_trainer = load_tool("city_runs").setup_trainer
 
 
 @pytest.fixture(scope="module")
@@ -114,23 +117,52 @@ def test_block_rays_come_from_the_active_block(trained):
 def test_meta_training_writes_the_prior_every_block_starts_from(tiny_capture, tmp_path):
     """--pipeline.meta.meta-steps: θ_shared is meta-trained on the blocks, stored, and used."""
 
-    config = tiny_trainer_config(tiny_capture, tmp_path, steps_per_block=2)
+    config = tiny_trainer_config(tiny_capture, tmp_path, steps_per_block=2, prior="random")
     config.pipeline.meta.meta_steps = 2
     config.pipeline.meta.inner_steps = 2
-    config.save_config()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
+    trainer = setup_trainer(config)
     pipeline = trainer.pipeline
     store = CityStore(pipeline.store.root)
     entry = store.manifest["prior"]
-    assert entry["meta"]["meta_steps"] == 2 and "meta-trained" in entry["source"]
+    assert entry["meta"]["meta_trained"]["meta_steps"] == 2 and "meta-trained" in entry["source"]
     prior = store.load_prior()
-    with torch.random.fork_rng():
-        torch.manual_seed(config.pipeline.prior_seed)
-        from mclnf_city.fields import BlockField
-
-        default = BlockField(config.pipeline.model.field, len(pipeline.datamanager.train_dataset)).prior_state()
+    default, _ = initial_prior("random", config.pipeline.model.field, config.pipeline.prior_seed)
     assert any(not torch.equal(prior[k], default[k]) for k in prior), "meta-training did not move θ_shared"
-    pipeline.get_train_loss_dict(0)  # first step starts the first block from θ_shared
+    _assert_active_starts_from(pipeline, prior)
+
+
+def _assert_active_starts_from(pipeline, prior):
+    """The next training step starts its block from `prior`, with a neutral appearance embedding."""
+    step = pipeline.stream.index(next(b for b in pipeline.stream if pipeline.store.status(b) != DONE))
+    pipeline.get_train_loss_dict(step * pipeline.config.steps_per_block)
     for k, v in pipeline.model.active.named_parameters():
-        assert torch.equal(v.detach(), prior[k]), k
+        expected = prior[k] if k in prior else torch.zeros_like(v)
+        assert torch.equal(v.detach(), expected), k
+
+
+def test_meta_continual_moves_theta_towards_each_finished_block(tiny_capture, tmp_path):
+    """--pipeline.meta.continual: θ ← θ + ε (φ_b − θ) after each block; the next block starts there."""
+    config = tiny_trainer_config(tiny_capture, tmp_path, steps_per_block=3, prior="random")
+    config.pipeline.meta.continual = True
+    config.pipeline.meta.continual_epsilon = 0.25
+    trainer = setup_trainer(config)
+    pipeline = trainer.pipeline
+    theta0 = {k: v.clone() for k, v in pipeline.model.prior.items()}
+    first = pipeline.stream[0]
+    finish = pipeline.finish_block
+    seen = {}
+
+    def record(b, step):
+        finish(b, step)
+        seen.setdefault(b, CityStore(pipeline.store.root).load_prior())
+        raise KeyboardInterrupt  # stop after the first block
+
+    pipeline.finish_block = record
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    phi = pipeline.store.load_block(first)
+    for k, v in theta0.items():
+        assert torch.allclose(seen[first][k], v + 0.25 * (phi[k] - v), atol=1e-6), k
+    meta = CityStore(pipeline.store.root).manifest["prior"]["meta"]
+    assert meta["continual_absorbed"] == [first]
+    _assert_active_starts_from(pipeline, seen[first])

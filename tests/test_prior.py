@@ -1,0 +1,52 @@
+"""θ_shared files: the bundled prior matches its record and loads strictly; --pipeline.prior choices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mclnf_city.fields import BlockField, BlockFieldSpec
+from mclnf_city.pipeline import PRIOR_DIR, bundled_prior_path, initial_prior
+from mclnf_city.store import load_checked, sha256
+from method_configs.mclnf_city_presets import mclnf_city_tiny
+
+
+def test_bundled_prior_of_the_tiny_preset_matches_its_record():
+    spec = mclnf_city_tiny.config.pipeline.model.field
+    path = bundled_prior_path(spec)
+    assert path.exists(), f"{path} missing: run tools/train_prior.py"
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["sha256"] == sha256(path.read_bytes())
+    assert BlockFieldSpec(**record["architecture"]) == spec
+    assert all(c["seed"] != 0 and c["seed"] < 900 for c in record["cities"]), "demo/benchmark cities must stay unseen"
+    state = load_checked(path, record["sha256"], "bundled prior")
+    field = BlockField(spec, num_images=5)
+    field.load_prior(state, source=str(path))  # strict: every shared parameter, nothing else
+    assert all(torch.equal(p, state[k]) for k, p in field.named_parameters() if k in state)
+    assert (field.appearance.weight == 0).all()
+
+
+def test_every_bundled_prior_loads_into_its_architecture():
+    for path in sorted(PRIOR_DIR.glob("*.pt")):
+        record = json.loads(path.with_suffix(".json").read_text())
+        spec = BlockFieldSpec(**record["architecture"])
+        assert bundled_prior_path(spec).name == path.name
+        BlockField(spec, num_images=3).load_prior(load_checked(path, record["sha256"], str(path)), source=str(path))
+
+
+def test_prior_choices(tmp_path, capsys):
+    spec = BlockFieldSpec(num_levels=2, max_res=32, log2_hashmap_size=8, hidden_dim=8, hidden_dim_color=8,
+                          appearance_embedding_dim=2, far_field_hidden_dim=8)
+    state, source = initial_prior("bundled", spec, seed=4)  # no prior bundled for this one
+    assert "seed 4" in source
+    again, _ = initial_prior("random", spec, seed=4)
+    assert set(state) == set(again) and all(torch.equal(state[k], again[k]) for k in state)
+    assert not any(k.startswith("appearance") for k in state)
+    path = tmp_path / "theta.pt"
+    torch.save(state, path)
+    loaded, source = initial_prior(str(path), spec, seed=0)
+    assert source == str(path) and all(torch.equal(loaded[k], state[k]) for k in state)
+    with pytest.raises(FileNotFoundError, match="no_such_prior.pt"):
+        initial_prior(str(tmp_path / "no_such_prior.pt"), spec, seed=0)
