@@ -490,7 +490,10 @@ def learn_prior(tasks: List[Tuple["CityPipeline", int]], prior: Dict[str, torch.
         pipeline, b, step = batch
         return pipeline.task_loss(params, b, step)
 
-    for _ in track(range(cfg.meta_steps), description=f"Meta-training θ_shared ({cfg.algorithm})"):
+    started = time.time()
+    for step in track(range(cfg.meta_steps), description=f"Meta-training θ_shared ({cfg.algorithm})"):
+        if not CONSOLE.is_terminal and step % max(1, cfg.meta_steps // 10) == 0:  # progress in logs too
+            CONSOLE.print(f"meta-training step {step}/{cfg.meta_steps} ({time.time() - started:.0f} s)")
         batch_tasks = []
         for _ in range(cfg.tasks_per_batch):
             pipeline, b = tasks[int(torch.randint(len(tasks), (1,), generator=gen))]

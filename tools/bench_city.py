@@ -311,6 +311,25 @@ def summarise(runs: List[Dict]) -> Dict:
     return table
 
 
+def merge(paths: List[Path], out: Path) -> None:
+    """One summary from parts of the same settings run side by side (e.g. one process per core)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    keys = ("data", "preset", "steps_per_block", "rays_per_step", "seeds")
+    if any(p.get(k) != parts[0].get(k) for p in parts for k in keys):
+        raise SystemExit(f"cannot merge benchmarks of different settings: {[p.get(k) for p in parts for k in keys]}")
+    summary = {k: parts[0][k] for k in keys}
+    summary["commands"] = [c for p in parts for c in p["commands"]]
+    summary["threads"] = sorted({p["threads"] for p in parts})
+    summary["runs"] = [r for p in parts for r in p["runs"]]
+    for p in parts:
+        if "adaptation" in p:
+            summary["adaptation"] = p["adaptation"]
+    summary["table"] = summarise(summary["runs"])
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plots(summary, out)
+    print(json.dumps(summary["table"], indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="a nerfstudio capture (default: generated city, seed 900)")
@@ -324,9 +343,14 @@ def main() -> None:
     parser.add_argument("--one-seed", nargs="*", default=[], help="variants run with seed 0 only (to save time)")
     parser.add_argument("--only", nargs="*", choices=["adapt", "nerfacto", "mclnf"], default=["adapt", "nerfacto", "mclnf"],
                         help="run only these parts, merging into an existing summary.json of the same settings")
+    parser.add_argument("--merge", nargs="*", type=Path, default=None,
+                        help="only merge these summary.json files (parts run in parallel) into --out-dir, and plot")
     parser.add_argument("--out-dir", type=Path, default=Path("bench_city"))
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge(args.merge, args.out_dir)
+        return
     work = Path(tempfile.mkdtemp(prefix="bench_city_"))
     data = args.data
     if data is None:

@@ -96,7 +96,7 @@ def main() -> None:
                                                         "tasks_per_batch", "seed")},
         "rays_per_inner_step": args.rays,
         "seconds": {"generate_and_setup": round(generated, 1), "meta_training": round(meta_seconds, 1)},
-        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {"torch_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
         "git_commit": commit,
     }
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(record, indent=1).encode())
