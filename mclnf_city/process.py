@@ -56,6 +56,7 @@ class ProcessOptions:
     spatial_max_distance: float = 100.0
     threads: int = -1
     seed: int = 0
+    mapping_attempts: int = 3
     overwrite: bool = False
     keep_database: bool = False
     verbose: bool = False
@@ -75,6 +76,7 @@ class ProcessSummary:
     matching_reason: str = ""
     models: List[int] = field(default_factory=list)  # registered images per model found
     camera_mode: str = ""
+    mapping: Dict = field(default_factory=dict)
     city_frame: Dict = field(default_factory=dict)
     video: Optional[Dict] = None
     stage_seconds: Dict[str, float] = field(default_factory=dict)
@@ -386,8 +388,21 @@ def match_features(database: Path, method: str, threads: int, sequential_overlap
         db.close()
 
 
-def run_mapping(database: Path, image_dir: Path, work_dir: Path, num_images: int, threads: int, seed: int, reporter: Reporter) -> Dict:
-    """Incremental mapping; returns every model found (COLMAP may split the scene)."""
+def cameras_have_focal_prior(database: Path) -> bool:
+    """Whether every camera's focal length came from EXIF (not COLMAP's 1.2 x size guess)."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        cameras = db.read_all_cameras()
+        return bool(cameras) and all(c.has_prior_focal_length for c in cameras)
+    finally:
+        db.close()
+
+
+def map_once(database: Path, image_dir: Path, work_dir: Path, num_images: int, threads: int, seed: int,
+             fix_intrinsics: bool, reporter: Reporter) -> Dict:
+    """One incremental mapping run; returns every model found (COLMAP may split the scene)."""
     import pycolmap
 
     options = pycolmap.IncrementalPipelineOptions()
@@ -395,26 +410,85 @@ def run_mapping(database: Path, image_dir: Path, work_dir: Path, num_images: int
     options.random_seed = seed
     # COLMAP discards models under 10 images; small captures would lose everything.
     options.min_model_size = max(MIN_IMAGES, min(10, num_images // 3))
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with reporter.progress("registering images", total=num_images) as advance:
+    if fix_intrinsics:
+        # Refining focal length and distortion from the first two or three views lets them
+        # drift, after which no further image registers (lund_street: 2-4 of 29 images
+        # over 8 seeds, against 21-29 with the EXIF focal held fixed). They are refined
+        # once, at the end, by `refine_intrinsics`.
+        options.ba_refine_focal_length = False
+        options.ba_refine_extra_params = False
+        options.mapper.abs_pose_refine_focal_length = False
+        options.mapper.abs_pose_refine_extra_params = False
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    with reporter.progress(f"registering images (seed {seed})", total=num_images) as advance:
         return pycolmap.incremental_mapping(
             str(database), str(image_dir), str(work_dir), options=options, next_image_callback=lambda: advance(1)
         )
 
 
-def pick_largest_model(models: Dict, names: Sequence[str], verified_pairs: int):
-    """The model with most registered images, the names it lacks, and every model's size."""
-    sizes = sorted((rec.num_reg_images() for rec in models.values()), reverse=True)
-    if not models or sizes[0] < 2:
+def run_mapping(database: Path, image_dir: Path, work_dir: Path, names: Sequence[str], threads: int, seed: int,
+                attempts: int, verified_pairs: int, reporter: Reporter):
+    """Incremental mapping, retried with other seeds until every image registers.
+
+    The initial image pair is chosen at random, and a poor one can strand most of the
+    capture; a run costs seconds next to feature matching, so a few are affordable.
+    Returns the best model (most images, then lowest reprojection error), the images it
+    lacks, the model sizes of the run it came from, and the per-attempt record.
+    """
+    if verified_pairs == 0:
+        raise CaptureError(
+            f"no model: none of the {len(names)} images overlaps another (no image pair passed geometric "
+            "verification); do the photos show the same place, and are they sharp and textured?"
+        )
+    fix_intrinsics = cameras_have_focal_prior(database)
+    best, record = None, []
+    for attempt in range(max(1, attempts)):
+        models = map_once(database, image_dir, work_dir, len(names), threads, seed + attempt, fix_intrinsics, reporter)
+        sizes = sorted((rec.num_reg_images() for rec in models.values()), reverse=True)
+        record.append({"seed": seed + attempt, "models": sizes})
+        if models:
+            rec = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+            key = (rec.num_reg_images(), -rec.compute_mean_reprojection_error())
+            if best is None or key > best[0]:
+                best = (key, rec, sizes)
+        reporter.line(f"    attempt {attempt + 1} (seed {seed + attempt}): models of {sizes or [0]} images")
+        if best is not None and best[0][0] == len(names):
+            break
+    if best is None or best[0][0] < 2:
         raise CaptureError(
             f"no model: structure from motion could not register the {len(names)} images "
             f"({verified_pairs} image pair(s) passed geometric verification); "
             "do the photos overlap, and are they sharp and textured?"
         )
-    best = max(models.values(), key=lambda rec: (rec.num_reg_images(), rec.num_points3D()))
-    registered = {best.image(i).name for i in best.reg_image_ids()}
+    _, rec, sizes = best
+    if fix_intrinsics:
+        refine_intrinsics(rec, threads)
+    registered = {rec.image(i).name for i in rec.reg_image_ids()}
     dropped = [n for n in names if n not in registered]
-    return best, dropped, sizes
+    return rec, dropped, sizes, {"attempts": record, "intrinsics": "EXIF prior held during mapping, refined in a final bundle adjustment" if fix_intrinsics else "refined during mapping"}
+
+
+def refine_intrinsics(rec, threads: int) -> None:
+    """Global bundle adjustment refining focal length and distortion with the poses.
+
+    A soft-L1 loss (1 px) keeps the few observations that the new intrinsics turn into
+    outliers from pulling the solution.
+    """
+    import pycolmap
+
+    options = pycolmap.BundleAdjustmentOptions()
+    options.refine_focal_length = True
+    options.refine_extra_params = True
+    options.print_summary = False
+    options.ceres.loss_function_type = pycolmap.LossFunctionType.SOFT_L1
+    options.ceres.loss_function_scale = 1.0
+    options.ceres.solver_options.num_threads = threads
+    level = pycolmap.logging.minloglevel
+    pycolmap.bundle_adjustment(rec, options)
+    pycolmap.logging.minloglevel = level  # pycolmap's wrapper switches COLMAP's INFO log back on
+    rec.update_point_3d_errors()  # the mean reprojection error reported reads these
 
 
 # --------------------------------------------------------------------------- city frame
@@ -471,7 +545,7 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fit_ground_plane(
-    points: np.ndarray, up_hint: np.ndarray, centres: np.ndarray, max_angle_deg: float = 10.0, iterations: int = 500, seed: int = 0
+    points: np.ndarray, up_hint: np.ndarray, centres: np.ndarray, max_angle_deg: float = 5.0, iterations: int = 500, seed: int = 0
 ) -> Optional[Dict]:
     """RANSAC for a plane below the cameras whose normal is near `up_hint`.
 
@@ -523,32 +597,50 @@ def rotation_from_up(up: np.ndarray, forward_hint: np.ndarray) -> np.ndarray:
     return np.stack([x, np.cross(z, x), z])
 
 
-def camera_up(ups: np.ndarray, rights: np.ndarray) -> Tuple[np.ndarray, Dict]:
-    """Up from the cameras: perpendicular to their right axes, on the side of their mean up.
+def isolated_cameras(centres: np.ndarray, factor: float = 8.0) -> np.ndarray:
+    """Cameras far from every other one compared with the typical spacing: likely misregistered.
+
+    A wrongly registered image lands tens of metres off the path; one such camera would
+    dominate the path direction and tilt the estimated up.
+    """
+    if len(centres) < 4:
+        return np.zeros(len(centres), dtype=bool)
+    dist = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    nearest = dist.min(1)
+    return nearest > factor * max(float(np.median(nearest)), 1e-12)
+
+
+def camera_up(ups: np.ndarray, rights: np.ndarray, views: np.ndarray, centres: np.ndarray) -> Tuple[np.ndarray, Dict]:
+    """Up from the cameras: perpendicular to their right axes and to the path they follow.
 
     People hold cameras level (little roll) but tilt them up and down freely, so the
     right axes lie in the horizontal plane while the mean up vector leans with the mean
-    pitch. When every camera faces the same way the right axes only fix one direction;
-    then the mean up, stripped of its component along that direction, is used.
+    pitch (7 deg on lund_door, where facade planes come out vertical with this method).
+    When all cameras face one way (a street walk) the right axes fix only one direction;
+    the camera path, walked or flown at roughly constant height, supplies the other.
+    The sign comes from the cameras' up vectors and viewing directions (they look
+    level or down), which also works for nadir drone photos.
     """
-    mean_up = ups.mean(0)
-    evals, evecs = np.linalg.eigh(rights.T @ rights / len(rights))  # ascending
-    info = {"camera_up_agreement": float(np.linalg.norm(mean_up))}  # 1 = all cameras upright alike
-    if evals[1] > 4.0 * evals[0] + 1e-3:
-        up = evecs[:, 0] if evecs[:, 0] @ mean_up > 0 else -evecs[:, 0]
-        info["camera_up_method"] = "level camera right axes"
-    else:
-        right = evecs[:, 2]
-        up = mean_up - (mean_up @ right) * right
-        info["camera_up_method"] = "mean camera up (cameras face one way)"
-    up = _unit(up)
-    info["camera_up_vs_mean_up_deg"] = _angle_deg(up, mean_up)
+    m_right = rights.T @ rights / len(rights)
+    spread = centres - centres.mean(0)
+    m_path = spread.T @ spread
+    m_path = m_path / np.trace(m_path) if np.trace(m_path) > 0 else np.zeros((3, 3))
+    evals, evecs = np.linalg.eigh(m_right + m_path)  # ascending
+    up = evecs[:, 0]
+    if up @ (ups.mean(0) - views.mean(0)) < 0:
+        up = -up
+    info = {
+        "camera_up_agreement": float(np.linalg.norm(ups.mean(0))),  # 1 = all cameras upright alike
+        "camera_up_vs_mean_up_deg": _angle_deg(up, ups.mean(0)),
+        "camera_up_conditioning": float(evals[1] / max(evals[0], 1e-12)),  # large = well determined
+    }
     return up, info
 
 
-def geometric_up(rec, centres: np.ndarray, ups: np.ndarray, rights: np.ndarray, seed: int) -> Tuple[np.ndarray, Dict]:
-    """Up from the cameras, refined by a ground-plane fit when one is found near it."""
-    up, info = camera_up(ups, rights)
+def geometric_up(rec, centres: np.ndarray, ups: np.ndarray, rights: np.ndarray, views: np.ndarray, seed: int) -> Tuple[np.ndarray, Dict]:
+    """Up from the cameras, refined by a ground-plane fit when one is found close to it."""
+    up, info = camera_up(ups, rights, views, centres)
     points = np.array([p.xyz for p in rec.points3D.values()]) if rec.num_points3D() else np.zeros((0, 3))
     plane = fit_ground_plane(points, up, centres, seed=seed)
     if plane is None:
@@ -562,6 +654,24 @@ def geometric_up(rec, centres: np.ndarray, ups: np.ndarray, rights: np.ndarray, 
     return plane["normal"], info
 
 
+def robust_similarity(src: np.ndarray, tgt: np.ndarray, min_threshold: float = 10.0, rounds: int = 3):
+    """Umeyama with outlier rejection: residuals over max(4 x median, min_threshold) are dropped.
+
+    GPS is good to ~10 m on a phone, and a misregistered image can be off by far more;
+    a plain least-squares fit would bend to it. Returns (s, R, t, inlier mask).
+    """
+    inliers = np.ones(len(src), dtype=bool)
+    for _ in range(rounds):
+        scale, rot, t = umeyama(src[inliers], tgt[inliers])
+        residual = np.linalg.norm(scale * src @ rot.T + t - tgt, axis=1)
+        new = residual <= max(4.0 * float(np.median(residual[inliers])), min_threshold)
+        if new.sum() < 3 or (new == inliers).all():
+            break
+        inliers = new
+    scale, rot, t = umeyama(src[inliers], tgt[inliers])
+    return scale, rot, t, inliers
+
+
 def horizontal_axis(centres: np.ndarray, views: np.ndarray, up: np.ndarray) -> np.ndarray:
     """City x: the main direction of the camera path on the ground, or the mean view direction."""
     flat = centres - centres.mean(0)
@@ -573,18 +683,23 @@ def horizontal_axis(centres: np.ndarray, views: np.ndarray, up: np.ndarray) -> n
     return views.mean(0)
 
 
-def city_frame(rec, gps: Dict[str, np.ndarray], seed: int = 0) -> Tuple[float, np.ndarray, np.ndarray, Dict]:
+def city_frame(rec, gps: Dict[str, np.ndarray], seed: int = 0) -> Tuple[float, np.ndarray, np.ndarray, Dict, List[str]]:
     """Similarity taking the SfM world to the city frame: ``p_city = s * R @ (p - origin)``.
 
     With GPS on >= 3 registered images, camera centres are aligned to local ENU metres
-    (Umeyama): scale becomes metres, x east, y north. GPS up is trusted only if the
-    positions span an area (a straight street walk leaves the roll about the street
-    free) and roughly agree with the cameras; otherwise the geometric up is kept and
-    GPS only supplies heading and scale (a 2D similarity on the ground plane).
+    (robust Umeyama): scale becomes metres, x east, y north. GPS up is trusted only if
+    the positions span an area (a straight street walk leaves the roll about the street
+    free) and agree with the cameras; otherwise the geometric up is kept and GPS only
+    supplies heading and scale (a 2D similarity on the ground plane). Images whose SfM
+    position disagrees with GPS beyond the fit's tolerance are returned to be dropped.
     """
     names, centres, ups, rights, views = camera_centres_and_ups(rec)
-    origin = centres.mean(0)
-    up, info = geometric_up(rec, centres, ups, rights, seed)
+    isolated = isolated_cameras(centres)
+    good = ~isolated
+    origin = centres[good].mean(0)
+    up, info = geometric_up(rec, centres[good], ups[good], rights[good], views[good], seed)
+    if isolated.any():
+        info["isolated_cameras"] = [names[i] for i in np.flatnonzero(isolated)]
     with_gps = [i for i, n in enumerate(names) if n in gps]
     if len(with_gps) >= 3:
         lla = np.array([gps[names[i]] for i in with_gps])
@@ -593,35 +708,43 @@ def city_frame(rec, gps: Dict[str, np.ndarray], seed: int = 0) -> Tuple[float, n
         horizontal = np.linalg.svd(enu[:, :2] - enu[:, :2].mean(0), compute_uv=False)
         if horizontal[0] > 1.0:  # GPS positions spread over more than a metre or so
             src = centres[with_gps]
-            scale, rot, t = umeyama(src, enu)
+            gps_info = {"gps_images": len(with_gps), "enu_reference_wgs84": [float(v) for v in reference]}
+            scale, rot, t, inliers = robust_similarity(src, enu)
             gps_up = rot.T @ np.array([0.0, 0.0, 1.0])  # ENU up seen in the SfM world
-            disagreement = _angle_deg(gps_up, up)
-            gps_info = {
-                "gps_images": len(with_gps),
-                "enu_reference_wgs84": [float(v) for v in reference],
-                "gps_up_vs_geometric_up_deg": disagreement,
-            }
+            gps_info["gps_up_vs_geometric_up_deg"] = _angle_deg(gps_up, up)
             planar = horizontal[1] > 0.2 * horizontal[0]
-            if planar and disagreement < 15.0:
-                residual = scale * src @ rot.T + t - enu
-                info.update(gps_info, up_from="gps", heading_from="gps", scale="metres",
-                            gps_rms_m=float(np.sqrt((residual**2).sum(1).mean())))
-                return scale, rot, origin, info
-            # Keep the geometric up; fit heading and scale on the ground plane only.
-            flat_rot = rotation_from_up(up, np.array([1.0, 0.0, 0.0]))
-            src2 = (src - origin) @ flat_rot.T
-            scale2, rot2, t2 = umeyama(src2[:, :2], enu[:, :2])
-            rot3 = np.eye(3)
-            rot3[:2, :2] = rot2
-            residual = scale2 * src2[:, :2] @ rot2.T + t2 - enu[:, :2]
-            info.update(gps_info, heading_from="gps", scale="metres",
-                        gps_up_rejected="positions nearly on a line" if not planar else "disagrees with the cameras",
-                        gps_rms_horizontal_m=float(np.sqrt((residual**2).sum(1).mean())))
-            return scale2, rot3 @ flat_rot, origin, info
+            if planar and gps_info["gps_up_vs_geometric_up_deg"] < 15.0:
+                residual = np.linalg.norm(scale * src @ rot.T + t - enu, axis=1)
+                info.update(gps_info, up_from="gps", heading_from="gps", scale="metres")
+                origin = src[inliers].mean(0)
+            else:
+                # Keep the geometric up; fit heading and scale on the ground plane only.
+                flat_rot = rotation_from_up(up, np.array([1.0, 0.0, 0.0]))
+                src2 = (src - origin) @ flat_rot.T
+                scale, rot2, t2, inliers = robust_similarity(src2[:, :2], enu[:, :2])
+                rot3 = np.eye(3)
+                rot3[:2, :2] = rot2
+                rot = rot3 @ flat_rot
+                residual = np.linalg.norm(scale * src2[:, :2] @ rot2.T + t2 - enu[:, :2], axis=1)
+                info.update(gps_info, heading_from="gps", scale="metres",
+                            gps_up_rejected="positions nearly on a line" if not planar else "disagrees with the cameras")
+            info["gps_rms_m"] = float(np.sqrt((residual[inliers] ** 2).mean()))
+            outliers = [names[with_gps[i]] for i in np.flatnonzero(~inliers)]
+            if outliers:
+                info["gps_outliers"] = {names[with_gps[i]]: float(residual[i]) for i in np.flatnonzero(~inliers)}
+            return scale, rot, origin, info, outliers
         info["gps_ignored"] = "GPS positions do not spread (all within about a metre)"
-    rot = rotation_from_up(up, horizontal_axis(centres, views, up))
+    rot = rotation_from_up(up, horizontal_axis(centres[good], views[good], up))
     info.update(heading_from="camera_path", scale="arbitrary")
-    return 1.0, rot, origin, info
+    return 1.0, rot, origin, info, []
+
+
+def drop_images(rec, names: Sequence[str]) -> None:
+    """Deregister images (their frames) from the model, e.g. those contradicting GPS."""
+    for image_id in list(rec.reg_image_ids()):
+        image = rec.image(image_id)
+        if image.name in names:
+            rec.deregister_frame(image.frame_id)
 
 
 def apply_city_frame(rec, scale: float, rot: np.ndarray, origin: np.ndarray) -> None:
@@ -805,15 +928,21 @@ def process(options: ProcessOptions) -> ProcessSummary:
             verified = match_features(database, summary.matching, options.threads, options.sequential_overlap, options.spatial_max_distance)
             reporter.line(f"    {verified} verified image pairs")
         with reporter.stage("incremental mapping"):
-            models = run_mapping(database, image_dir, colmap_dir / "models", len(names), options.threads, options.seed, reporter)
-            rec, summary.dropped, summary.models = pick_largest_model(models, names, verified)
+            rec, summary.dropped, summary.models, summary.mapping = run_mapping(
+                database, image_dir, colmap_dir / "models", names, options.threads, options.seed,
+                options.mapping_attempts, verified, reporter,
+            )
             shutil.rmtree(colmap_dir / "models")
             if len(summary.models) > 1:
                 reporter.line(f"    {len(summary.models)} models ({', '.join(map(str, summary.models))} images): keeping the largest")
             if summary.dropped:
                 reporter.line(f"    dropped {len(summary.dropped)} image(s) not in the largest model: {_names(summary.dropped, limit=30)}")
         with reporter.stage("city frame and export"):
-            scale, rot, origin, summary.city_frame = city_frame(rec, {n: g for n, g in gps.items()}, seed=options.seed)
+            scale, rot, origin, summary.city_frame, outliers = city_frame(rec, gps, seed=options.seed)
+            if outliers:
+                reporter.line(f"    dropped {len(outliers)} image(s) whose SfM position contradicts their GPS: {_names(outliers)}")
+                drop_images(rec, outliers)
+                summary.dropped += outliers
             apply_city_frame(rec, scale, rot, origin)
             summary.registered = rec.num_reg_images()
             summary.mean_reprojection_error = float(rec.compute_mean_reprojection_error())
@@ -881,6 +1010,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spatial-max-distance", type=float, default=100.0, help="spatial matching: largest GPS distance (m) between matched images")
     p.add_argument("--threads", type=int, default=-1, help="CPU threads for pycolmap (-1 = all)")
     p.add_argument("--seed", type=int, default=0, help="random seed for mapping and the ground-plane fit")
+    p.add_argument("--mapping-attempts", type=int, default=3,
+                   help="incremental mapping runs (seeds seed, seed+1, ...) until every image registers; the best model is kept")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--keep-database", action="store_true", help="keep colmap/database.db (features and matches)")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
