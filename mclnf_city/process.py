@@ -428,15 +428,29 @@ def map_once(database: Path, image_dir: Path, work_dir: Path, num_images: int, t
         )
 
 
+def model_score(rec, gps: Dict[str, np.ndarray], seed: int) -> int:
+    """Registered images that can be trusted: those agreeing with GPS when there is GPS.
+
+    A model can register many images and still be broken (on lund_street one seed put
+    the last 7 images on a branch tilted 50 deg, at 0.7 px reprojection error); GPS
+    exposes that, image counts alone do not.
+    """
+    if sum(rec.image(i).name in gps for i in rec.reg_image_ids()) < 3:
+        return rec.num_reg_images()
+    return rec.num_reg_images() - len(city_frame(rec, gps, seed)[4])
+
+
 def run_mapping(database: Path, image_dir: Path, work_dir: Path, names: Sequence[str], threads: int, seed: int,
-                attempts: int, verified_pairs: int, reporter: Reporter):
+                attempts: int, verified_pairs: int, reporter: Reporter, gps: Optional[Dict[str, np.ndarray]] = None):
     """Incremental mapping, retried with other seeds until every image registers.
 
     The initial image pair is chosen at random, and a poor one can strand most of the
     capture; a run costs seconds next to feature matching, so a few are affordable.
-    Returns the best model (most images, then lowest reprojection error), the images it
-    lacks, the model sizes of the run it came from, and the per-attempt record.
+    Returns the best model (most trusted images, see `model_score`, then lowest
+    reprojection error), the images it lacks, the model sizes of the run it came from,
+    and the per-attempt record.
     """
+    gps = gps or {}
     if verified_pairs == 0:
         raise CaptureError(
             f"no model: none of the {len(names)} images overlaps another (no image pair passed geometric "
@@ -450,10 +464,12 @@ def run_mapping(database: Path, image_dir: Path, work_dir: Path, names: Sequence
         record.append({"seed": seed + attempt, "models": sizes})
         if models:
             rec = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-            key = (rec.num_reg_images(), -rec.compute_mean_reprojection_error())
+            key = (model_score(rec, gps, seed), -rec.compute_mean_reprojection_error())
+            record[-1]["trusted"] = key[0]
             if best is None or key > best[0]:
                 best = (key, rec, sizes)
-        reporter.line(f"    attempt {attempt + 1} (seed {seed + attempt}): models of {sizes or [0]} images")
+        trusted = f", {record[-1]['trusted']} consistent with GPS" if gps and "trusted" in record[-1] else ""
+        reporter.line(f"    attempt {attempt + 1} (seed {seed + attempt}): models of {sizes or [0]} images{trusted}")
         if best is not None and best[0][0] == len(names):
             break
     if best is None or best[0][0] < 2:
@@ -654,22 +670,35 @@ def geometric_up(rec, centres: np.ndarray, ups: np.ndarray, rights: np.ndarray, 
     return plane["normal"], info
 
 
-def robust_similarity(src: np.ndarray, tgt: np.ndarray, min_threshold: float = 10.0, rounds: int = 3):
-    """Umeyama with outlier rejection: residuals over max(4 x median, min_threshold) are dropped.
+def robust_similarity(src: np.ndarray, tgt: np.ndarray, threshold: float = 12.0, trials: int = 500, seed: int = 0):
+    """RANSAC over minimal sets + Umeyama on the inliers: ``tgt ~ s * R @ src + t``.
 
-    GPS is good to ~10 m on a phone, and a misregistered image can be off by far more;
-    a plain least-squares fit would bend to it. Returns (s, R, t, inlier mask).
+    Phone GPS is good to ~10 m, while a misregistered image, or a whole branch of a
+    broken model, is off by tens of metres. Least squares spreads such errors over every
+    image (no residual then stands out); RANSAC with an absolute threshold in metres
+    finds the images that agree. Returns (s, R, t, inlier mask).
     """
-    inliers = np.ones(len(src), dtype=bool)
-    for _ in range(rounds):
-        scale, rot, t = umeyama(src[inliers], tgt[inliers])
-        residual = np.linalg.norm(scale * src @ rot.T + t - tgt, axis=1)
-        new = residual <= max(4.0 * float(np.median(residual[inliers])), min_threshold)
-        if new.sum() < 3 or (new == inliers).all():
+    n, dim = src.shape
+    rng = np.random.default_rng(seed)
+    best = np.ones(n, dtype=bool)
+    best_count = -1
+    for _ in range(trials if n > dim else 0):
+        sample = rng.choice(n, dim, replace=False)
+        if np.linalg.svd(src[sample] - src[sample].mean(0), compute_uv=False)[0] < 1e-9:
+            continue
+        scale, rot, t = umeyama(src[sample], tgt[sample])
+        inliers = np.linalg.norm(scale * src @ rot.T + t - tgt, axis=1) <= threshold
+        if inliers.sum() > best_count:
+            best, best_count = inliers, int(inliers.sum())
+    if best.sum() < dim:
+        best = np.ones(n, dtype=bool)
+    for _ in range(3):  # refit on the inliers, then re-select with the refined fit
+        scale, rot, t = umeyama(src[best], tgt[best])
+        inliers = np.linalg.norm(scale * src @ rot.T + t - tgt, axis=1) <= threshold
+        if inliers.sum() < dim or (inliers == best).all():
             break
-        inliers = new
-    scale, rot, t = umeyama(src[inliers], tgt[inliers])
-    return scale, rot, t, inliers
+        best = inliers
+    return scale, rot, t, best
 
 
 def horizontal_axis(centres: np.ndarray, views: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -709,7 +738,7 @@ def city_frame(rec, gps: Dict[str, np.ndarray], seed: int = 0) -> Tuple[float, n
         if horizontal[0] > 1.0:  # GPS positions spread over more than a metre or so
             src = centres[with_gps]
             gps_info = {"gps_images": len(with_gps), "enu_reference_wgs84": [float(v) for v in reference]}
-            scale, rot, t, inliers = robust_similarity(src, enu)
+            scale, rot, t, inliers = robust_similarity(src, enu, seed=seed)
             gps_up = rot.T @ np.array([0.0, 0.0, 1.0])  # ENU up seen in the SfM world
             gps_info["gps_up_vs_geometric_up_deg"] = _angle_deg(gps_up, up)
             planar = horizontal[1] > 0.2 * horizontal[0]
@@ -721,7 +750,7 @@ def city_frame(rec, gps: Dict[str, np.ndarray], seed: int = 0) -> Tuple[float, n
                 # Keep the geometric up; fit heading and scale on the ground plane only.
                 flat_rot = rotation_from_up(up, np.array([1.0, 0.0, 0.0]))
                 src2 = (src - origin) @ flat_rot.T
-                scale, rot2, t2, inliers = robust_similarity(src2[:, :2], enu[:, :2])
+                scale, rot2, t2, inliers = robust_similarity(src2[:, :2], enu[:, :2], seed=seed)
                 rot3 = np.eye(3)
                 rot3[:2, :2] = rot2
                 rot = rot3 @ flat_rot
@@ -930,7 +959,7 @@ def process(options: ProcessOptions) -> ProcessSummary:
         with reporter.stage("incremental mapping"):
             rec, summary.dropped, summary.models, summary.mapping = run_mapping(
                 database, image_dir, colmap_dir / "models", names, options.threads, options.seed,
-                options.mapping_attempts, verified, reporter,
+                options.mapping_attempts, verified, reporter, gps,
             )
             shutil.rmtree(colmap_dir / "models")
             if len(summary.models) > 1:
@@ -943,6 +972,9 @@ def process(options: ProcessOptions) -> ProcessSummary:
                 reporter.line(f"    dropped {len(outliers)} image(s) whose SfM position contradicts their GPS: {_names(outliers)}")
                 drop_images(rec, outliers)
                 summary.dropped += outliers
+                # Fit the frame again without them: they pulled on the up vector and the GPS fit.
+                scale, rot, origin, frame, _ = city_frame(rec, gps, seed=options.seed)
+                summary.city_frame = {**frame, "gps_outliers_dropped": summary.city_frame.get("gps_outliers", {})}
             apply_city_frame(rec, scale, rot, origin)
             summary.registered = rec.num_reg_images()
             summary.mean_reprojection_error = float(rec.compute_mean_reprojection_error())
