@@ -1029,10 +1029,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", type=Path, help="folder of images, or a video file (" + ", ".join(sorted(VIDEO_SUFFIXES)) + ")")
     p.add_argument("output", type=Path, help="capture directory to create (written to a temporary directory beside it, then renamed)")
-    p.add_argument("--max-size", type=int, default=None, help="downscale images so the long side is at most this many pixels (default: keep size)")
+    p.add_argument("--max-size", type=int, default=None, help="downscale images so the long side is at most this many pixels (None keeps the size)")
     p.add_argument("--stride", type=int, default=10, help="video only: keep every N-th frame")
     p.add_argument("--blur-threshold", type=float, default=0.5, help="video only: drop frames whose Laplacian variance is below this fraction of the median frame's")
-    p.add_argument("--max-frames", type=int, default=None, help="video only: stop after this many candidate frames")
+    p.add_argument("--max-frames", type=int, default=None, help="video only: stop after this many candidate frames (None = whole video)")
     p.add_argument("--matching", choices=MATCHING_METHODS, default="auto",
                    help="pair selection: auto = sequential for video, spatial when every image has EXIF GPS, exhaustive for <= %d images, else sequential" % EXHAUSTIVE_MAX_IMAGES)
     p.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL", help="COLMAP camera model; distortion goes into transforms.json")
