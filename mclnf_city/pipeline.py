@@ -471,7 +471,7 @@ def initial_prior(asked: str, spec: BlockFieldSpec, seed: int) -> Tuple[Dict[str
     path = Path(asked)
     if not path.exists():
         raise FileNotFoundError(f"--pipeline.prior {asked}: no such file (or use 'bundled' / 'random')")
-    return load_checked(path, None, f"prior {path}"), str(path)
+    return load_checked(path, None, f"prior {path}"), f"prior file {path}"
 
 
 def learn_prior(tasks: List[Tuple["CityPipeline", int]], prior: Dict[str, torch.Tensor], cfg: MetaLearningConfig) -> Dict[str, torch.Tensor]:

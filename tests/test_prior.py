@@ -47,6 +47,6 @@ def test_prior_choices(tmp_path, capsys):
     path = tmp_path / "theta.pt"
     torch.save(state, path)
     loaded, source = initial_prior(str(path), spec, seed=0)
-    assert source == str(path) and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert source == f"prior file {path}" and all(torch.equal(loaded[k], state[k]) for k in state)
     with pytest.raises(FileNotFoundError, match="no_such_prior.pt"):
         initial_prior(str(tmp_path / "no_such_prior.pt"), spec, seed=0)
