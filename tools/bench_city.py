@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -243,8 +244,8 @@ def plots(summary: Dict, out: Path) -> None:
     if "adaptation" in summary:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, c in summary["adaptation"]["curves"].items():
-            steps = sorted(int(s) for s in c["psnr"])
-            ax.plot([max(s, 1) for s in steps], [c["psnr"][s] for s in steps], marker="o", label=name)
+            steps = sorted(c["psnr"], key=int)  # int keys in memory, str keys once read from JSON
+            ax.plot([max(int(s), 1) for s in steps], [c["psnr"][s] for s in steps], marker="o", label=name)
         ax.set_xscale("log")
         ax.set_xlabel("steps on the new block (step 0 drawn at 1)")
         ax.set_ylabel("test PSNR of the block (dB)")
@@ -367,7 +368,7 @@ def main() -> None:
         summary = json.loads(out_json.read_text())
         if any(summary.get(k) != v for k, v in settings.items()):
             parser.error(f"{out_json} holds a benchmark of other settings: use another --out-dir")
-    summary["commands"].append("python tools/bench_city.py " + " ".join(sys.argv[1:]))
+    summary["commands"].append("python tools/bench_city.py " + shlex.join(sys.argv[1:]))
 
     def save():
         if summary["runs"]:
