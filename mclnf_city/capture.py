@@ -40,6 +40,55 @@ def load_image_uint8(path: Path, scale_factor: float = 1.0) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
+def check_capture(dataparser, data: Path) -> None:
+    """Checks before nerfstudio's dataparser runs, for the two layouts users bring.
+
+    `dataparser` is a nerfstudio DataParserConfig; `data` the capture path.
+    """
+    from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
+
+    data = Path(data)
+    if not data.exists():
+        raise CaptureError(f"{data}: capture not found")
+    if isinstance(dataparser, ColmapDataParserConfig):
+        check_colmap_layout(dataparser, data)
+    else:
+        check_transforms_json(data)
+
+
+def check_colmap_layout(dataparser, data: Path) -> None:
+    """COLMAP layout: the model and image folders exist, and no interactive prompt awaits.
+
+    nerfstudio's colmap parser picks a downscale factor for images over 1600 px and, when
+    the `images_N` folder is missing, asks on stdin whether to create it: a hang or an
+    EOFError in a batch job. We stop first with what to do instead.
+    """
+    model = data / dataparser.colmap_path
+    images = data / dataparser.images_path
+    if not any((model / f"cameras{ext}").exists() for ext in (".bin", ".txt")):
+        raise CaptureError(
+            f"{model}: no COLMAP model (cameras.bin or cameras.txt) here; set --colmap-path to the folder "
+            "holding cameras/images/points3D relative to the capture"
+        )
+    if not images.is_dir():
+        raise CaptureError(f"{images}: image folder missing; set --images-path")
+    if dataparser.downscale_factor is not None:
+        return
+    first = next((p for p in sorted(images.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")), None)
+    if first is None:
+        raise CaptureError(f"{images}: no .jpg or .png images")
+    with Image.open(first) as im:
+        factor = 1
+        while max(im.size) / factor > 1600:  # nerfstudio's MAX_AUTO_RESOLUTION
+            factor *= 2
+    folder = images.parent / f"{images.name}_{factor}"
+    if factor > 1 and not folder.is_dir():
+        raise CaptureError(
+            f"{first}: images are {im.size[0]}x{im.size[1]}; nerfstudio's colmap parser would ask to create "
+            f"{folder}. Pass `colmap --downscale-factor 1` (full size), or create {folder} first"
+        )
+
+
 def check_transforms_json(data: Path) -> None:
     """Validate a nerfstudio capture's transforms.json, if the capture has one."""
     data = Path(data)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
+from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
 from mclnf_city.capture import CaptureError, load_image_uint8
@@ -29,10 +30,10 @@ class CityDataManagerConfig(VanillaDataManagerConfig):
     """Samples the active block's training pixels in the main process."""
 
     _target: Type = field(default_factory=lambda: CityDataManager)
-    dataparser: NerfstudioDataParserConfig = field(
+    dataparser: AnnotatedDataParserUnion = field(
         default_factory=lambda: NerfstudioDataParserConfig(eval_mode="interval", eval_interval=8, load_3D_points=True)
     )
-    """Reads the capture. Every 8th image is a test view (the evaluation protocol)."""
+    """Capture reader, a subcommand: nerfstudio-data (transforms.json) or colmap (images/ + model). Every 8th image is a test view."""
     train_num_rays_per_batch: int = 4096
     """Rays per training step (all from the active block)."""
     eval_num_rays_per_batch: int = 4096

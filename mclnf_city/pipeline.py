@@ -23,7 +23,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from mclnf_city.capture import check_cameras, check_transforms_json
+from mclnf_city.capture import check_cameras, check_capture
 from mclnf_city.datamanager import CityDataManagerConfig
 from mclnf_city.fields import BlockField, BlockFieldSpec
 from mclnf_city.fisher import FisherConfig, fisher_loss_weights
@@ -109,7 +109,7 @@ class CityPipeline(VanillaPipeline):
         if world_size > 1:
             raise NotImplementedError("mclnf-city trains on one process for now (block-parallel training is planned)")
         data = config.datamanager.data or config.datamanager.dataparser.data
-        check_transforms_json(Path(data))
+        check_capture(config.datamanager.dataparser, data)
         self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=1, local_rank=0)
         self.datamanager.to(device)
         outputs = self.datamanager.train_dataparser_outputs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +12,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+BIN = Path(sys.executable).parent
+FAST = [
+    "--vis", "tensorboard",
+    "--machine.device-type", "cpu",
+    "--pipeline.datamanager.train-num-rays-per-batch", "256",
+    "--pipeline.model.num-coarse-samples", "12",
+    "--pipeline.model.num-fine-samples", "12",
+    "--experiment-name", "cli",
+]
+"""ns-train options that keep end-to-end tests short."""
+
+
+def run(args, timeout=600, **kw):
+    """Run one of the installed ns-* / mclnf-* commands; fail the test with its output if it fails."""
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
 
 
 def load_tool(name: str):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import tiny_trainer_config
 from mclnf_city.capture import CaptureError
@@ -81,6 +82,28 @@ def test_capture_too_small(tiny_capture, tmp_path):
     _edit_transforms(cap, keep_two)
     with pytest.raises(CaptureError, match=r"transforms\.json: capture too small .*1 frame"):
         _setup(cap, tmp_path)
+
+
+def test_colmap_layout_problems_are_named(tmp_path):
+    from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
+
+    from mclnf_city.capture import check_capture
+
+    capture = tmp_path / "colmap_capture"
+    (capture / "images").mkdir(parents=True)
+    Image.new("RGB", (2000, 1500)).save(capture / "images" / "a.jpg")
+    with pytest.raises(CaptureError, match=r"colmap/sparse/0: no COLMAP model"):
+        check_capture(ColmapDataParserConfig(), capture)
+    (capture / "colmap" / "sparse" / "0").mkdir(parents=True)
+    (capture / "colmap" / "sparse" / "0" / "cameras.txt").write_text("")
+    # over 1600 px: nerfstudio would prompt on stdin; we stop first, naming the image and the fix
+    with pytest.raises(CaptureError, match=r"a\.jpg: images are 2000x1500.*--downscale-factor 1"):
+        check_capture(ColmapDataParserConfig(), capture)
+    check_capture(ColmapDataParserConfig(downscale_factor=1), capture)
+    (capture / "images_2").mkdir()
+    check_capture(ColmapDataParserConfig(), capture)
+    with pytest.raises(CaptureError, match="capture not found"):
+        check_capture(ColmapDataParserConfig(), tmp_path / "nowhere")
 
 
 def test_blocks_without_rays_are_skipped(tiny_capture, tmp_path, capsys):

@@ -12,22 +12,7 @@ from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-FAST = [
-    "--vis", "tensorboard",
-    "--machine.device-type", "cpu",
-    "--pipeline.datamanager.train-num-rays-per-batch", "256",
-    "--pipeline.model.num-coarse-samples", "12",
-    "--pipeline.model.num-fine-samples", "12",
-    "--experiment-name", "cli",
-]
-
-
-def run(args, timeout=600, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, env=env, **kw)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
+from conftest import BIN, FAST, run
 
 
 @pytest.fixture(scope="module")
