@@ -267,3 +267,32 @@ def test_video_too_few_frames_leaves_no_output(tmp_path):
     with pytest.raises(CaptureError, match=r"only 2 usable image"):
         process(_options(video, out, stride=2))
     assert _no_leftovers(out)
+
+
+def test_video_of_real_photos_registers_and_matches_ground_truth(tmp_path):
+    """The video path end to end on real imagery: the door photos as a clip, each followed by a
+    blurred copy (a shaky frame). The blur filter must drop exactly the copies, and the poses
+    must match the ground truth as the photo path's do."""
+    import cv2
+
+    photos = sorted(DOOR.glob("*.JPG"))
+    video = tmp_path / "door.avi"
+    h, w = cv2.imread(str(photos[0])).shape[:2]
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (w, h))
+    for p in photos:
+        frame = cv2.imread(str(p))
+        writer.write(frame)
+        writer.write(cv2.GaussianBlur(frame, (0, 0), 4))
+    writer.release()
+    out = tmp_path / "door_video"
+    summary = process(_options(video, out, stride=1, blur_threshold=0.5))
+    kept = sorted(p.name for p in (out / "images").iterdir())
+    assert len(kept) == len(photos) and all(int(n[6:12]) % 2 == 0 for n in kept), kept  # sharp frames only
+    assert summary.registered >= 6, summary
+    bench = load_tool("bench_process")
+    ours = bench.poses_from_transforms(out / "transforms.json")
+    renamed = {photos[int(Path(n).stem[6:12]) // 2].name: pose for n, pose in ours.items()}
+    acc = bench.compare_poses(renamed, _ground_truth())
+    assert acc["compared"] == summary.registered
+    assert acc["max_rotation_deg"] < 3.0, acc  # same bounds as the photo path at this size
+    assert acc["max_centre_error_fraction"] < 0.08, acc
