@@ -27,6 +27,8 @@ from nerfstudio.field_components.encodings import HashEncoding, SHEncoding
 from nerfstudio.field_components.mlp import MLP
 from nerfstudio.field_components.spatial_distortions import SceneContraction
 
+from mclnf_city import hash_grid
+
 _NOTICE_SHOWN = False
 
 
@@ -163,7 +165,7 @@ class BlockField(nn.Module):
         return density, geo
 
     def _density(self, positions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        hidden = self.density_head(self.encoding(self.local_coordinates(positions))).to(positions)
+        hidden = self.density_head(hash_grid.encode(self.encoding, self.local_coordinates(positions))).to(positions)
         h = self.density_out(hidden)
         return trunc_exp(h[..., :1] - 1.0), h[..., 1:], hidden
 
