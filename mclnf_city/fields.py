@@ -48,7 +48,8 @@ def resolve_implementation(requested: Literal["tcnn", "torch"], device: torch.de
             except ImportError:
                 reason = "tinycudann is not installed"
     if not _NOTICE_SHOWN:
-        print(f"[mclnf-city] field implementation: {chosen} ({reason})")
+        extra = f"; hash grid: {hash_grid.kernel_status()}" if chosen == "torch" and torch.device(device).type == "cpu" else ""
+        print(f"[mclnf-city] field implementation: {chosen} ({reason}){extra}")
         _NOTICE_SHOWN = True
     return chosen
 

@@ -11,6 +11,7 @@ when the input needs a gradient (only the table's is fused), the reference runs 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -21,6 +22,7 @@ from nerfstudio.field_components.encodings import HashEncoding
 from torch import Tensor
 
 _SOURCE = Path(__file__).with_name("csrc") / "hash_grid.cpp"
+_NAME = "mclnf_hash_grid"
 _lock = threading.Lock()
 _kernel = None
 _failure: Optional[str] = None
@@ -37,24 +39,21 @@ def kernel():
                 _failure = "disabled by MCLNF_HASH_GRID=torch"
                 return None
             try:
-                from torch.utils.cpp_extension import load
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "no CUDA runtime": expected
+                from torch.utils.cpp_extension import get_default_build_root, load
 
+                if not any(Path(get_default_build_root()).glob(f"*/{_NAME}/*.so")):  # <root>/<python+torch tag>/<name>
+                    print("[mclnf-city] building the fused CPU hash-grid kernel (first use only, about a minute)", flush=True)
                 _kernel = load(
-                    name="mclnf_hash_grid",
+                    name=_NAME,
                     sources=[str(_SOURCE)],
-                    extra_cflags=["-O3", "-fopenmp", "-march=native"] if _native_ok() else ["-O3", "-fopenmp"],
+                    extra_cflags=["-O3", "-fopenmp"],
                     extra_ldflags=["-fopenmp"],
                     verbose=False,
                 )
             except Exception as e:  # noqa: BLE001 - no compiler, no ninja, build error: fall back
                 _failure = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     return _kernel
-
-
-def _native_ok() -> bool:
-    # A cache shared between different CPUs (e.g. a home directory on a cluster) must not hold
-    # -march=native code; MCLNF_PORTABLE=1 builds for the generic x86-64/aarch64 target.
-    return os.environ.get("MCLNF_PORTABLE", "") != "1"
 
 
 def kernel_status() -> str:
