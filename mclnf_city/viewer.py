@@ -84,9 +84,12 @@ def progress_markdown(pipeline: "CityPipeline", step: Optional[int]) -> str:
     lines = [f"**{done} / {len(stream)} blocks done**"]
     active = [b for b in stream if store.status(b) == ACTIVE]
     if active and step is not None:
-        spb = pipeline.config.steps_per_block
-        b = active[0]
-        lines.append(f"training block {b} ({stream.index(b) + 1} of {len(stream)}): step {step % spb + 1} / {spb}")
+        spb, b = pipeline.config.steps_per_block, active[0]
+        position = stream.index(b)
+        # Training step s belongs to block stream[s // spb]; `step` is the last step trained, so a
+        # block that just started has trained none of its steps yet.
+        trained = step - position * spb + 1 if step // spb == position else 0
+        lines.append(f"training block {b} ({position + 1} of {len(stream)}): step {trained} / {spb}")
     elif active:
         lines.append(f"block {active[0]} was being trained (not finished)")
     rows = ["| block | status | PSNR at finish |", "|---:|:---|---:|"]
@@ -173,10 +176,10 @@ class CityViewer(ViewerControl):
         centre = (corners.min(0) + corners.max(0)) / 2
         radius = np.linalg.norm(corners.max(0) - corners.min(0)) / 2
         direction = -0.5 * rotation[0] - 0.7 * rotation[1] + 0.9 * rotation[2]
-        with client.atomic():
+        with client.atomic():  # position before look_at: the browser moves the target along with the camera
             client.camera.up_direction = rotation[2]
-            client.camera.look_at = centre
             client.camera.position = centre + 2.2 * radius * direction / np.linalg.norm(direction)
+            client.camera.look_at = centre
 
     # ----- visibility
     def _apply_visibility(self, _event=None) -> None:

@@ -122,6 +122,8 @@ def test_progress_markdown(pipeline):
         text = progress_markdown(pipeline, pipeline.config.steps_per_block + 2)
         assert f"**{n - 1} / {n} blocks done**" in text
         assert f"training block {b} (2 of {n}): step 3 / {pipeline.config.steps_per_block}" in text
+        text = progress_markdown(pipeline, pipeline.config.steps_per_block - 1)  # the last step of the block before
+        assert f"training block {b} (2 of {n}): step 0 / {pipeline.config.steps_per_block}" in text
     finally:
         pipeline.store.block(b)["status"] = DONE
 
