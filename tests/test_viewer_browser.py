@@ -206,7 +206,6 @@ def _check_scene(pixels: np.ndarray) -> str:
 
 
 def test_viewer_shows_the_rendered_city_with_block_boxes(trained_city, viewer_url, browser):
-    started = time.time()
     manifest = json.loads((trained_city / "city" / "manifest.json").read_text())
     stream = manifest["stream_order"]
     stream = [b for b in stream if manifest["blocks"][str(b)]["status"] == DONE]
@@ -255,4 +254,3 @@ def test_viewer_shows_the_rendered_city_with_block_boxes(trained_city, viewer_ur
     (ARTIFACTS / "viewer_city_block_hidden.png").write_bytes(shot)
     after = _scene_pixels(browser, shot)
     assert _green_pixels(after) < _green_pixels(before)  # its box is gone
-    assert time.time() - started < 110
