@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Optional, Tuple, Type
+from typing import Dict, FrozenSet, Iterator, List, Literal, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -116,6 +117,10 @@ class CityModel(Model):
         self.pdf_sampler = PDFSampler(num_samples=self.config.num_fine_samples)
         self.depth_renderer = DepthRenderer(method="expected")
         self.solo_block: Optional[int] = None
+        # Blocks the viewer hides: left out of rendered images (they render like empty space).
+        # Never applied while training, nor inside `every_block_shown` (evaluation, reports).
+        self.hidden_blocks: FrozenSet[int] = frozenset()
+        self._show_every_block = False
         self.fisher_features = False  # set by the pipeline when FIM-NeRF is on
 
     # ------------------------------------------------------------------ stream
@@ -140,6 +145,18 @@ class CityModel(Model):
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
         return {"fields": list(self.active.parameters())}
 
+    @contextmanager
+    def every_block_shown(self) -> Iterator[None]:
+        """Render every block whatever the viewer hides: metrics and checks must not depend on it.
+
+        A flag rather than clearing `hidden_blocks`, so a viewer click meanwhile is not lost.
+        """
+        before, self._show_every_block = self._show_every_block, True
+        try:
+            yield
+        finally:
+            self._show_every_block = before
+
     # ------------------------------------------------------------------ routing
     def _module_keys(self, owners: Tensor) -> Tensor:
         """Which module evaluates each sample: a finished block id, ACTIVE, or NO_MODULE.
@@ -149,6 +166,7 @@ class CityModel(Model):
         answer for their own region. While training, the active slot
         answers for every other sample too (its contracted outer space explains what the
         unfinished blocks will later hold); when rendering, only for its own region.
+        When rendering, blocks in `hidden_blocks` (the viewer's choice) answer for nothing.
         """
         keys = torch.full_like(owners, NO_MODULE)
         if self.solo_block is not None:  # one block alone: its own region, nothing else
@@ -165,6 +183,10 @@ class CityModel(Model):
         if a >= 0:
             mine = ~is_done if self.training else (owners == a) & ~is_done
             keys = torch.where(mine, torch.full_like(owners, ACTIVE), keys)
+        hidden = self.hidden_blocks  # one read: the viewer's thread may replace the set meanwhile
+        if hidden and not self.training and not self._show_every_block:
+            is_hidden = torch.isin(owners, torch.tensor(sorted(hidden), device=owners.device))
+            keys = torch.where(is_hidden, torch.full_like(owners, NO_MODULE), keys)
         return keys
 
     def _module(self, key: int, device) -> Optional[BlockField]:

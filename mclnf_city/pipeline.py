@@ -31,6 +31,7 @@ from mclnf_city.metrics import image_metrics, lpips_status
 from mclnf_city.model import CityModelConfig
 from mclnf_city.partition import estimate_partition, look_blocks, partition_table
 from mclnf_city.store import ACTIVE, DONE, EMPTY, CityStore, StoreError, atomic_write_bytes, load_checked, sha256
+from mclnf_city.viewer import CityViewer
 
 
 @dataclass
@@ -189,6 +190,9 @@ class CityPipeline(VanillaPipeline):
         self._optimizers = None
         self._trainer = None
         self._block_started_at = time.time()
+        # nerfstudio's viewer finds this ViewerControl on the pipeline and sets it up; without a
+        # viewer (--vis tensorboard, ns-eval, ...) it stays a no-op.
+        self.city_viewer = CityViewer(self)
 
     # ------------------------------------------------------------------ prior
     def _resolve_prior(self, num_images: int) -> Dict[str, torch.Tensor]:
@@ -268,6 +272,7 @@ class CityPipeline(VanillaPipeline):
                 opt.state.clear()
         self._block_started_at = time.time()
         CONSOLE.print(f"[bold]block {b}[/bold] ({self.stream.index(b) + 1}/{len(self.stream)}) starts from θ_shared")
+        self.city_viewer.refresh()
 
     def get_train_loss_dict(self, step: int):
         b = self.block_at(step)
@@ -315,6 +320,7 @@ class CityPipeline(VanillaPipeline):
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("psnr", "ssim", "lpips_alex"))
             CONSOLE.print(f"[green]block {b} done[/green] and frozen -> {self.store.root} ({shown or 'no test views'})")
         self.model.block_finished(b)
+        self.city_viewer.refresh()
         if self.config.meta.continual:
             self.absorb_finished_blocks()
         if self._trainer is not None:
@@ -327,6 +333,7 @@ class CityPipeline(VanillaPipeline):
         return [
             TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._set_lr),
             TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after_step),
+            TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self.city_viewer.on_step),
         ]
 
     # ------------------------------------------------------------------ evaluation
@@ -346,11 +353,25 @@ class CityPipeline(VanillaPipeline):
         was_training = self.model.training
         self.model.eval()
         try:
-            outputs = self.model.get_outputs_for_camera(camera)
+            with self.model.every_block_shown():
+                outputs = self.model.get_outputs_for_camera(camera)
         finally:
             self.model.train(was_training)
         gt = dataset[i]["image"][..., :3].to(outputs["rgb"])
         return outputs["rgb"], gt
+
+    # nerfstudio's evaluation (ns-eval, eval iterations while training) sees every block too.
+    def get_eval_loss_dict(self, step: int):
+        with self.model.every_block_shown():
+            return super().get_eval_loss_dict(step)
+
+    def get_eval_image_metrics_and_images(self, step: int):
+        with self.model.every_block_shown():
+            return super().get_eval_image_metrics_and_images(step)
+
+    def get_average_image_metrics(self, *args, **kwargs):
+        with self.model.every_block_shown():
+            return super().get_average_image_metrics(*args, **kwargs)
 
     def evaluate_blocks(self, blocks: List[int]) -> Dict[int, Dict[str, float]]:
         """Mean PSNR/SSIM (LPIPS when available) of each block's test views, rendered now."""
