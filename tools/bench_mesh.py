@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Geometry accuracy of `mclnf-export mesh` against a generated city's ground-truth mesh.
+
+Trains the tiny preset on a `tools/make_city.py` capture (or takes a trained run with
+--load-config), exports the stitched mesh at a given resolution, and measures against
+`<capture>/gt/mesh.ply`, both cropped to the city box (the region the model reconstructs):
+
+- Chamfer distance: mean of the two mean nearest-neighbour distances (metres), between
+  points sampled uniformly by area on each surface;
+- precision / recall / F-score at a tolerance tau: the fraction of exported-surface points
+  within tau of the ground truth, of ground-truth points within tau of the export, and their
+  harmonic mean.
+
+Writes a JSON of the numbers and a PNG of the mesh (matplotlib, software rendering).
+
+    python tools/bench_mesh.py --out docs/bench_mesh.json --resolution 2 --steps-per-block 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_mesh(path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """Vertices [V, 3] float64 and triangles [F, 3] of a PLY mesh."""
+    from plyfile import PlyData
+
+    ply = PlyData.read(str(path))
+    v = ply["vertex"]
+    vertices = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
+    faces = np.stack(ply["face"]["vertex_indices"]).astype(np.int64) if ply["face"].count else np.zeros((0, 3), np.int64)
+    return vertices, faces
+
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """n points uniformly distributed by area on the triangles."""
+    rng = np.random.default_rng(seed)
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    tri = rng.choice(len(faces), size=n, p=area / area.sum())
+    u, v = rng.random(n), rng.random(n)
+    flip = u + v > 1  # reflect into the triangle
+    u, v = np.where(flip, 1 - u, u), np.where(flip, 1 - v, v)
+    return a[tri] + u[:, None] * (b[tri] - a[tri]) + v[:, None] * (c[tri] - a[tri])
+
+
+def crop_faces(vertices: np.ndarray, faces: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Cut triangles to an axis-aligned box: inside ones kept, outside ones dropped, the ones
+    crossing a side clipped exactly (Sutherland-Hodgman on the six planes, then fanned)."""
+    corners = vertices[faces]  # [F, 3, 3]
+    inside = np.all((corners >= lo) & (corners <= hi), axis=(1, 2))
+    outside = np.any(np.all(corners < lo, axis=1) | np.all(corners > hi, axis=1), axis=1)
+    polys = [c for c in corners[~inside & ~outside]]
+    for axis in range(3):
+        for bound, keep_below in ((lo[axis], False), (hi[axis], True)):
+            clipped = []
+            for poly in polys:
+                d = (bound - poly[:, axis]) if keep_below else (poly[:, axis] - bound)
+                out = []
+                for i in range(len(poly)):
+                    p, q, dp, dq = poly[i], poly[(i + 1) % len(poly)], d[i], d[(i + 1) % len(poly)]
+                    if dp >= 0:
+                        out.append(p)
+                    if (dp >= 0) != (dq >= 0):
+                        out.append(p + (q - p) * (dp / (dp - dq)))
+                if len(out) >= 3:
+                    clipped.append(np.array(out))
+            polys = clipped
+    tris = [corners[inside]]
+    for poly in polys:  # fan triangulation of the convex clipped polygons
+        tris.append(np.stack([np.stack([poly[0], poly[i], poly[i + 1]]) for i in range(1, len(poly) - 1)]))
+    tris = np.concatenate(tris)
+    return tris.reshape(-1, 3), np.arange(len(tris) * 3).reshape(-1, 3)
+
+
+def chamfer_fscore(pred: np.ndarray, gt: np.ndarray, tau: float) -> Dict[str, float]:
+    """Chamfer distance and precision / recall / F-score at tolerance tau between point sets."""
+    from scipy.spatial import cKDTree
+
+    d_pred = cKDTree(gt).query(pred, workers=1)[0]  # accuracy: export -> ground truth
+    d_gt = cKDTree(pred).query(gt, workers=1)[0]  # completeness: ground truth -> export
+    precision, recall = float(np.mean(d_pred < tau)), float(np.mean(d_gt < tau))
+    f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {
+        "chamfer": float(0.5 * (d_pred.mean() + d_gt.mean())),
+        "accuracy_mean": float(d_pred.mean()),
+        "completeness_mean": float(d_gt.mean()),
+        "precision": precision,
+        "recall": recall,
+        "fscore": f,
+        "tau": tau,
+    }
+
+
+def compare_meshes(pred_v, pred_f, gt_v, gt_f, box_lo, box_hi, tau: float, n: int = 200_000, seed: int = 0,
+                   above: Optional[float] = None) -> Dict:
+    """Chamfer / F-score of two meshes, both cut to the box [box_lo, box_hi].
+
+    With `above` (a height), also the same metrics on the points above it only
+    ("above_ground"): the ground fills most of a city box, so a flat plane alone scores well
+    on the whole box; above the ground only buildings count.
+    """
+    empty = {"chamfer": float("inf"), "precision": 0.0, "recall": 0.0, "fscore": 0.0, "tau": tau}
+    pv, pf = crop_faces(pred_v, pred_f, box_lo, box_hi)
+    gv, gf = crop_faces(gt_v, gt_f, box_lo, box_hi)
+    if len(pf) == 0:
+        return dict(empty, above_ground=dict(empty)) if above is not None else empty
+    pred, gt = sample_surface(pv, pf, n, seed), sample_surface(gv, gf, n, seed + 1)
+    result = chamfer_fscore(pred, gt, tau)
+    if above is not None:
+        pred_up, gt_up = pred[pred[:, 2] > above], gt[gt[:, 2] > above]
+        result["above_ground"] = chamfer_fscore(pred_up, gt_up, tau) if len(pred_up) and len(gt_up) else dict(empty)
+        result["above_ground"]["height"] = above
+    return result
+
+
+def shifted(vertices: np.ndarray, dx: float) -> np.ndarray:
+    """A broken export for the controls: the same mesh moved by dx along x."""
+    return vertices + np.array([dx, 0.0, 0.0])
+
+
+def random_mesh(lo: np.ndarray, hi: np.ndarray, num_faces: int, size: float, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """A broken export for the controls: random triangles of edge ~size scattered in the box."""
+    rng = np.random.default_rng(seed)
+    centres = lo + rng.random((num_faces, 3)) * (hi - lo)
+    vertices = (centres[:, None, :] + rng.normal(scale=size, size=(num_faces, 3, 3))).reshape(-1, 3)
+    return vertices, np.arange(3 * num_faces).reshape(-1, 3)
+
+
+def ground_plane(lo: np.ndarray, hi: np.ndarray, z: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Two triangles covering the box's footprint at height z."""
+    v = np.array([[lo[0], lo[1], z], [hi[0], lo[1], z], [hi[0], hi[1], z], [lo[0], hi[1], z]])
+    return v, np.array([[0, 1, 2], [0, 2, 3]])
+
+
+def render_mesh(vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray], path: Path,
+                size: Tuple[int, int] = (960, 720), elevation: float = 50.0, azimuth: float = -60.0,
+                samples: int = 3_000_000) -> None:
+    """Software render (numpy, no GPU): dense area-weighted surface samples, Lambert-shaded,
+    projected orthographically and z-buffered (nearest sample per pixel wins)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    a, b, c = (vertices[faces[:, i]] for i in range(3))
+    normal = np.cross(b - a, c - a)
+    area = 0.5 * np.linalg.norm(normal, axis=1)
+    keep = area > 0
+    faces, a, b, c, normal, area = faces[keep], a[keep], b[keep], c[keep], normal[keep], area[keep]
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    tri = rng.choice(len(faces), size=samples, p=area / area.sum())
+    u, v = rng.random(samples), rng.random(samples)
+    flip = u + v > 1
+    u, v = np.where(flip, 1 - u, u), np.where(flip, 1 - v, v)
+    points = a[tri] + u[:, None] * (b[tri] - a[tri]) + v[:, None] * (c[tri] - a[tri])
+    if colors is None:
+        albedo = np.full((samples, 3), 0.8)
+    else:
+        col = colors.astype(np.float64) / 255.0
+        f = faces[tri]
+        albedo = (1 - u - v)[:, None] * col[f[:, 0]] + u[:, None] * col[f[:, 1]] + v[:, None] * col[f[:, 2]]
+    el, az = np.radians(elevation), np.radians(azimuth)
+    to_viewer = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    right = np.cross([0.0, 0.0, 1.0], to_viewer)
+    right /= np.linalg.norm(right)
+    up = np.cross(to_viewer, right)
+    light = to_viewer + np.array([0.3, 0.2, 0.6])
+    light /= np.linalg.norm(light)
+    shade = 0.35 + 0.65 * np.abs(normal[tri] @ light)  # two-sided: marching-cubes sheets have two faces
+    rgb = np.clip(albedo * shade[:, None], 0, 1)
+    sx, sy, depth = points @ right, points @ up, points @ to_viewer
+    w, h = size
+    scale = 0.95 * min(w / (np.ptp(sx) + 1e-9), h / (np.ptp(sy) + 1e-9))
+    px = ((sx - (sx.min() + sx.max()) / 2) * scale + w / 2).astype(int).clip(0, w - 1)
+    py = (h / 2 - (sy - (sy.min() + sy.max()) / 2) * scale).astype(int).clip(0, h - 1)
+    order = np.argsort(-depth)  # nearest to the viewer first
+    pixel = py[order] * w + px[order]
+    _, first = np.unique(pixel, return_index=True)
+    image = np.full((h * w, 3), 255, np.uint8)
+    image[pixel[first]] = (rgb[order][first] * 255).astype(np.uint8)
+    Image.fromarray(image.reshape(h, w, 3)).save(path)
+
+
+def train_city(capture: Path, out: Path, steps_per_block: int, rays: int) -> Path:
+    """Train the tiny preset on a capture in-process; returns the run's config.yml."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from city_runs import preset_config, setup_trainer
+
+    config = preset_config("mclnf-city-tiny", capture, out, steps_per_block, rays=rays)
+    config.steps_per_save = 10_000
+    trainer = setup_trainer(config)
+    trainer.train()
+    return config.get_base_dir() / "config.yml"
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--load-config", type=Path, default=None, help="a trained run of a make_city capture (default: train one)")
+    parser.add_argument("--capture", type=Path, default=None, help="the capture (default: the run's data, or a new one)")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/bench_mesh"), help="where captures, runs and meshes go")
+    parser.add_argument("--seed", type=int, default=3, help="city seed when generating (default 3, the test city)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[96, 72], help="generated image width height")
+    parser.add_argument("--steps-per-block", type=int, default=400)
+    parser.add_argument("--rays", type=int, default=1024, help="rays per training step")
+    parser.add_argument("--resolution", type=float, default=2.0, help="lattice cells per metre")
+    parser.add_argument("--density-threshold", type=float, nargs="+", default=[10.0], help="iso-levels to measure")
+    parser.add_argument("--tau", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="F-score tolerances in metres")
+    parser.add_argument("--samples", type=int, default=200_000, help="surface samples per mesh for the metrics")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_mesh.json")
+    parser.add_argument("--png", type=Path, default=None, help="mesh picture (default: beside --out)")
+    args = parser.parse_args(argv)
+
+    from mclnf_city import export as ex
+
+    started = time.time()
+    work = args.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    result: Dict = {"command": "python tools/bench_mesh.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    capture = args.capture
+    if args.load_config is None:
+        if capture is None:
+            sys.path.insert(0, str(ROOT / "tools"))
+            from make_city import generate_city
+
+            capture = work / f"city_seed{args.seed}_{args.image_size[0]}x{args.image_size[1]}"
+            if not capture.exists():
+                generate_city(capture, seed=args.seed, progress=False, verbose=False, blocks_x=2, blocks_y=2,
+                              image_width=args.image_size[0], image_height=args.image_size[1])
+        t = time.time()
+        config_path = train_city(capture, work / "runs", args.steps_per_block, args.rays)
+        result["train"] = {"seconds": round(time.time() - t, 1), "steps_per_block": args.steps_per_block, "rays": args.rays,
+                           "capture": str(capture), "preset": "mclnf-city-tiny"}
+    else:
+        config_path = args.load_config
+    city = ex.load_city(config_path)
+    if capture is None:
+        capture = Path(city.config.pipeline.datamanager.data)
+    gt_v, gt_f = read_mesh(capture / "gt" / "mesh.ply")
+    box = city.frame.to_output(ex.city_to_world(city.partition, city.partition.city_box().numpy()))
+    lo, hi = box.min(0), box.max(0)
+    block_width = float(city.partition.x_edges[1] - city.partition.x_edges[0]) / city.frame.scale
+    result.update(config=str(config_path), capture=str(capture), resolution_cells_per_metre=args.resolution,
+                  city_box_metres=[lo.tolist(), hi.tolist()], block_width_metres=block_width, runs=[])
+    spacing = ex.lattice_spacing(city, args.resolution)
+    ground = float(gt_v[:, 2].min())  # make_city: the ground quad is the lowest surface
+    for level in args.density_threshold:
+        mesh, summary = ex.export_mesh(city, spacing, level, sorted(city.store.done_blocks()), progress=False)
+        entry = {"density_threshold": level, "export": summary, "metrics": {}, "controls": {}}
+        broken = {
+            "shifted_by_one_block": (shifted(mesh.vertices, block_width), mesh.faces),
+            "random_triangles": random_mesh(lo, hi, max(len(mesh.faces), 1000), 1.0 / args.resolution),
+            # not broken, but a floor to beat: the flat ground alone, no building at all
+            "ground_plane_only": ground_plane(lo, hi, ground),
+        }
+        for tau in args.tau:
+            entry["metrics"][str(tau)] = compare_meshes(mesh.vertices, mesh.faces, gt_v, gt_f, lo, hi, tau, args.samples, above=ground + 1.0)
+            for name, (v, f) in broken.items():
+                entry["controls"].setdefault(name, {})[str(tau)] = compare_meshes(v, f, gt_v, gt_f, lo, hi, tau, args.samples, above=ground + 1.0)
+        ply = work / f"mesh_level{level:g}.ply"
+        ex.write_ply(ply, mesh.vertices, mesh.colors, mesh.faces)
+        entry["ply"] = str(ply)
+        result["runs"].append(entry)
+        m = entry["metrics"][str(args.tau[len(args.tau) // 2])]
+        up = m["above_ground"]
+        print(f"level {level:g}: {summary['faces']:,} faces in {summary['seconds']} s; chamfer {m['chamfer']:.3f} m, "
+              f"F@{m['tau']:g} m {m['fscore']:.3f} (precision {m['precision']:.3f}, recall {m['recall']:.3f}); "
+              f"above ground: chamfer {up['chamfer']:.3f} m, F {up['fscore']:.3f}")
+    best = min(result["runs"], key=lambda e: e["metrics"][str(args.tau[len(args.tau) // 2])]["chamfer"])
+    png = args.png or args.out.with_suffix(".png")
+    vertices, faces, colors = read_colored_mesh(Path(best["ply"]))
+    render_mesh(vertices, faces, colors, png)
+    gv, gf = crop_faces(gt_v, gt_f, lo, hi)
+    render_mesh(gv, gf, None, png.with_name(png.stem + "_gt.png"))
+    result["png"] = [str(png), str(png.with_name(png.stem + "_gt.png"))]
+    result["seconds"] = round(time.time() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out} and {png}")
+    return 0
+
+
+def read_colored_mesh(path: Path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from plyfile import PlyData
+
+    vertices, faces = read_mesh(path)
+    v = PlyData.read(str(path))["vertex"]
+    return vertices, faces, np.stack([v["red"], v["green"], v["blue"]], axis=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
