@@ -757,11 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@torch.no_grad()  # scoped, not torch.set_grad_enabled(False): main() also runs inside other programs (tests)
 def run(args: argparse.Namespace) -> Dict:
     from rich.console import Console
 
     console = Console(stderr=False)
-    torch.set_grad_enabled(False)
     city = load_city(args.load_config, args.frame)
     progress = not args.quiet
     if args.command == "mesh":

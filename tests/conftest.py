@@ -61,3 +61,12 @@ def tiny_trainer_config(data: Path, output_dir: Path, steps_per_block: int = 30,
     config.pipeline.model.num_fine_samples = 16
     config.steps_per_save = 10_000
     return config
+
+
+@pytest.fixture(autouse=True)
+def grad_mode_left_on():
+    """A test (or the code it calls) must not leave autograd off for the tests after it."""
+    import torch
+
+    yield
+    assert torch.is_grad_enabled(), "autograd was left disabled (torch.set_grad_enabled(False) outside a scope)"
