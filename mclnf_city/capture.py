@@ -74,12 +74,14 @@ def check_colmap_layout(dataparser, data: Path) -> None:
         raise CaptureError(f"{images}: image folder missing; set --images-path")
     if dataparser.downscale_factor is not None:
         return
+    from nerfstudio.data.dataparsers.colmap_dataparser import MAX_AUTO_RESOLUTION
+
     first = next((p for p in sorted(images.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")), None)
     if first is None:
         raise CaptureError(f"{images}: no .jpg or .png images")
     with Image.open(first) as im:
         factor = 1
-        while max(im.size) / factor > 1600:  # nerfstudio's MAX_AUTO_RESOLUTION
+        while max(im.size) / factor > MAX_AUTO_RESOLUTION:  # the same rule as nerfstudio's parser
             factor *= 2
     folder = images.parent / f"{images.name}_{factor}"
     if factor > 1 and not folder.is_dir():

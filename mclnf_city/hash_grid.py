@@ -64,15 +64,13 @@ def kernel_status() -> str:
 class _FusedHashGrid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, coords: Tensor, table: Tensor, scalings: Tensor) -> Tensor:
-        ctx.save_for_backward(coords, scalings)
-        ctx.table_shape = table.shape
+        ctx.save_for_backward(coords, table, scalings)
         return kernel().forward(coords, table, scalings)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        coords, scalings = ctx.saved_tensors
-        like = grad_out.new_empty(ctx.table_shape)
-        return None, kernel().backward(grad_out, coords, like, scalings), None
+        coords, table, scalings = ctx.saved_tensors  # the table only gives the gradient's shape
+        return None, kernel().backward(grad_out, coords, table, scalings), None
 
 
 def encode(encoding: HashEncoding, coords: Tensor) -> Tensor:
