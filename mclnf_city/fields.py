@@ -25,9 +25,8 @@ from torch import Tensor, nn
 from nerfstudio.field_components.activations import trunc_exp
 from nerfstudio.field_components.encodings import HashEncoding, SHEncoding
 from nerfstudio.field_components.mlp import MLP
-from nerfstudio.field_components.spatial_distortions import SceneContraction
 
-from mclnf_city import hash_grid
+from mclnf_city import cpu_allocator, hash_grid
 
 _NOTICE_SHOWN = False
 
@@ -48,10 +47,36 @@ def resolve_implementation(requested: Literal["tcnn", "torch"], device: torch.de
             except ImportError:
                 reason = "tinycudann is not installed"
     if not _NOTICE_SHOWN:
-        extra = f"; hash grid: {hash_grid.kernel_status()}" if chosen == "torch" and torch.device(device).type == "cpu" else ""
+        extra = ""
+        if chosen == "torch" and torch.device(device).type == "cpu":
+            extra = f"; hash grid: {hash_grid.kernel_status()}; memory: {cpu_allocator.status()}"
         print(f"[mclnf-city] field implementation: {chosen} ({reason}){extra}")
         _NOTICE_SHOWN = True
     return chosen
+
+
+def contract(x: Tensor) -> Tensor:
+    """L-inf scene contraction, as nerfstudio's `SceneContraction(order=inf)` (same values): the
+    unit cube stays, the rest of space maps into [-2, 2]^3. The max of |x| is cheaper than
+    `torch.linalg.norm(ord=inf)` on the CPU."""
+    mag = x.abs().amax(dim=-1, keepdim=True)
+    return torch.where(mag < 1, x, (2 - 1 / mag) * (x / mag))
+
+
+def run_mlp(mlp: MLP, x: Tensor) -> Tensor:
+    """nerfstudio's `MLP` forward with ReLUs applied in place on the torch path (same values,
+    one large tensor fewer per layer to allocate and write); tcnn's fused MLP as it is."""
+    if mlp.tcnn_encoding is not None:
+        return mlp(x)
+    assert not mlp._skip_connections, "skip connections are not used by BlockField"
+    last = len(mlp.layers) - 1
+    for i, layer in enumerate(mlp.layers):
+        x = layer(x)
+        act = mlp.activation if i < last else None
+        for a in (act, mlp.out_activation if i == last else None):
+            if a is not None:
+                x = torch.relu_(x) if isinstance(a, nn.ReLU) else a(x)
+    return x
 
 
 @dataclass
@@ -87,7 +112,6 @@ class BlockField(nn.Module):
         super().__init__()
         self.spec = spec
         impl = implementation
-        self.contraction = SceneContraction(order=float("inf"))
         growth = (spec.max_res / spec.base_res) ** (1 / max(spec.num_levels - 1, 1))
         self.encoding = HashEncoding(
             num_levels=spec.num_levels,
@@ -157,7 +181,7 @@ class BlockField(nn.Module):
         """World positions -> [0, 1]^3 grid coordinates (expanded box -> [0.25, 0.75])."""
         city = (positions - self.origin) @ self.rotation.T
         local = (city - self.box_center) / self.box_half
-        return (self.contraction(local) + 2.0) / 4.0
+        return (contract(local) + 2.0) / 4.0
 
     # ----- queries -----
     def density(self, positions: Tensor) -> Tuple[Tensor, Tensor]:
@@ -166,7 +190,7 @@ class BlockField(nn.Module):
         return density, geo
 
     def _density(self, positions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        hidden = self.density_head(hash_grid.encode(self.encoding, self.local_coordinates(positions))).to(positions)
+        hidden = run_mlp(self.density_head, hash_grid.encode(self.encoding, self.local_coordinates(positions))).to(positions)
         h = self.density_out(hidden)
         return trunc_exp(h[..., :1] - 1.0), h[..., 1:], hidden
 
@@ -182,7 +206,7 @@ class BlockField(nn.Module):
         parts = [d, geo]
         if self.appearance is not None:
             parts.append(self._embedding(camera_indices, len(positions), positions))
-        color_hidden = self.color_head(torch.cat(parts, dim=-1)).to(positions)
+        color_hidden = run_mlp(self.color_head, torch.cat(parts, dim=-1)).to(positions)
         rgb = torch.sigmoid(self.color_out(color_hidden))
         return density, rgb, density_hidden, color_hidden
 
@@ -192,7 +216,7 @@ class BlockField(nn.Module):
 
     def far_field_radiance(self, directions: Tensor) -> Tuple[Tensor, Tensor]:
         """Far-field colour [N, 3] and the input of its last layer [N, far_field_hidden_dim]."""
-        hidden = self.far_field_head(self._encode_directions(directions)).to(directions)
+        hidden = run_mlp(self.far_field_head, self._encode_directions(directions)).to(directions)
         return torch.sigmoid(self.far_field_out(hidden)), hidden
 
     def _encode_directions(self, directions: Tensor) -> Tensor:

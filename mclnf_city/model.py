@@ -30,6 +30,7 @@ from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
+from mclnf_city import cpu_allocator
 from mclnf_city.fields import BlockField, BlockFieldSpec, resolve_implementation
 from mclnf_city.fisher import exact_fisher, last_layer_fisher
 from mclnf_city.partition import BlockPartition
@@ -105,6 +106,8 @@ class CityModel(Model):
         self.prior: Dict[str, Tensor] = self.kwargs["prior"]
         self.block_image_masks: Dict[int, Tensor] = self.kwargs["block_image_masks"]
         device = self.kwargs.get("device", "cpu")
+        if torch.device(device).type == "cpu":
+            cpu_allocator.keep_freed_memory()
         impl = resolve_implementation(self.config.implementation, device)
         self.spec = self.config.field
         self.active = BlockField(self.spec, self.num_train_data, impl)

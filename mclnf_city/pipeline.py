@@ -314,9 +314,8 @@ class CityPipeline(VanillaPipeline):
             return
         if self.store.status(b) != DONE:
             metrics = self.evaluate_blocks([b]).get(b, {})
-            self.store.write_block(b, self.model.active.state_dict(), self.config.steps_per_block, metrics)
-            self.store.block(b)["seconds"] = round(time.time() - self._block_started_at, 2)
-            self.store.set_status(b, DONE)
+            seconds = round(time.time() - self._block_started_at, 2)
+            self.store.write_block(b, self.model.active.state_dict(), self.config.steps_per_block, metrics, seconds=seconds)
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("psnr", "ssim", "lpips_alex"))
             CONSOLE.print(f"[green]block {b} done[/green] and frozen -> {self.store.root} ({shown or 'no test views'})")
         self.model.block_finished(b)

@@ -9,10 +9,16 @@ Layout of ``<run>/city/``::
 Every write is atomic (temp file, fsync, rename), so a killed run loses at most the
 block it was training. Every read checks the SHA-256 recorded in the manifest, and
 loading is strict: a missing, corrupted or mismatching block is a loud `StoreError`.
+
+Several processes may share a store (block-parallel training): each block file has one
+writer (the rank training that block), and every manifest change is a read-modify-write
+of the file on disk under an exclusive lock (`manifest.lock`, fcntl), so no process
+overwrites what another recorded.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -20,7 +26,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
 
@@ -88,13 +95,36 @@ class CityStore:
         self.root = Path(root)
         self.manifest_path = self.root / "manifest.json"
         self.manifest: Dict[str, Any] = {}
-        if self.manifest_path.exists():
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the manifest from disk (other processes may have finished blocks meanwhile)."""
+        if not self.manifest_path.exists():
+            return
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise StoreError(f"manifest is not valid JSON: {self.manifest_path}: {e}") from e
+        if manifest.get("version") != MANIFEST_VERSION:
+            raise StoreError(f"unsupported manifest version {manifest.get('version')} in {self.manifest_path}")
+        self.manifest = manifest
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "manifest.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                self.manifest = json.loads(self.manifest_path.read_text())
-            except json.JSONDecodeError as e:
-                raise StoreError(f"manifest is not valid JSON: {self.manifest_path}: {e}") from e
-            if self.manifest.get("version") != MANIFEST_VERSION:
-                raise StoreError(f"unsupported manifest version {self.manifest.get('version')} in {self.manifest_path}")
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _update(self, change: Callable[[Dict[str, Any]], None]) -> None:
+        """Apply `change` to the manifest as it is on disk now, and write it, under the lock."""
+        with self._locked():
+            self.refresh()
+            change(self.manifest)
+            atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=1).encode())
 
     # ----- manifest -----
     @property
@@ -108,7 +138,7 @@ class CityStore:
             blocks[str(b)] = {"status": EMPTY if b in empty_blocks else WAITING}
             if b in empty_blocks:
                 blocks[str(b)]["reason"] = empty_blocks[b]
-        self.manifest = {
+        new = {
             "version": MANIFEST_VERSION,
             "partition": partition.to_dict(),
             "stream_order": list(partition.stream_order),
@@ -116,10 +146,13 @@ class CityStore:
             "prior": None,
             "blocks": blocks,
         }
-        self._write_manifest()
 
-    def _write_manifest(self) -> None:
-        atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=1).encode())
+        def change(manifest: Dict[str, Any]) -> None:
+            if manifest:
+                raise StoreError(f"a city already exists at {self.manifest_path}")
+            manifest.update(new)
+
+        self._update(change)
 
     def partition(self) -> BlockPartition:
         return BlockPartition.from_dict(self.manifest["partition"])
@@ -136,23 +169,24 @@ class CityStore:
     def done_blocks(self):
         return [int(b) for b, e in self.manifest["blocks"].items() if e["status"] == DONE]
 
-    def set_status(self, b: int, status: str) -> None:
-        self.block(b)["status"] = status
-        self._write_manifest()
+    def set_status(self, b: int, status: str, **fields: Any) -> None:
+        """Set block b's status (and any other fields of its entry)."""
+        self.block(b)  # a clear error for an unknown block
+        self._update(lambda m: m["blocks"][str(b)].update(status=status, **fields))
 
     def update_metrics(self, b: int, key: str, metrics: Dict[str, float]) -> None:
-        self.block(b).setdefault("metrics", {})[key] = metrics
-        self._write_manifest()
+        self.block(b)
+        self._update(lambda m: m["blocks"][str(b)].setdefault("metrics", {}).__setitem__(key, metrics))
 
     # ----- prior -----
     def write_prior(self, state: Dict[str, torch.Tensor], source: str, meta: Optional[Dict[str, Any]] = None) -> None:
         """Record θ_shared; `meta` holds the meta-learning settings when it was meta-trained here."""
         data = tensor_bytes(state)
         atomic_write_bytes(self.root / "prior.pt", data)
-        self.manifest["prior"] = {"file": "prior.pt", "sha256": sha256(data), "source": source}
+        entry = {"file": "prior.pt", "sha256": sha256(data), "source": source}
         if meta is not None:
-            self.manifest["prior"]["meta"] = meta
-        self._write_manifest()
+            entry["meta"] = meta
+        self._update(lambda m: m.__setitem__("prior", entry))
 
     def load_prior(self) -> Dict[str, torch.Tensor]:
         entry = self.manifest.get("prior")
@@ -161,15 +195,19 @@ class CityStore:
         return load_checked(self.root / entry["file"], entry["sha256"], "prior")
 
     # ----- blocks -----
-    def write_block(self, b: int, state: Dict[str, torch.Tensor], steps: int, metrics: Dict[str, float]) -> None:
+    def write_block(self, b: int, state: Dict[str, torch.Tensor], steps: int, metrics: Dict[str, float], **fields: Any) -> None:
         """Write a finished block, then mark it done (the manifest is the commit point)."""
+        self.block(b)
         data = tensor_bytes({k: v.detach().cpu().clone() for k, v in state.items()})
         rel = f"blocks/block_{b:03d}.pt"
         atomic_write_bytes(self.root / rel, data)
-        entry = self.block(b)
-        entry.update(status=DONE, file=rel, sha256=sha256(data), steps=steps, finished_at=time.time())
-        entry.setdefault("metrics", {})["at_finish"] = metrics
-        self._write_manifest()
+
+        def change(manifest: Dict[str, Any]) -> None:
+            entry = manifest["blocks"][str(b)]
+            entry.update(status=DONE, file=rel, sha256=sha256(data), steps=steps, finished_at=time.time(), **fields)
+            entry.setdefault("metrics", {})["at_finish"] = metrics
+
+        self._update(change)
 
     def load_block(self, b: int) -> Dict[str, torch.Tensor]:
         entry = self.block(b)
