@@ -41,21 +41,22 @@ class CityDataManagerConfig(VanillaDataManagerConfig):
     assignment_chunk: int = 1 << 18
     """Rays tested against the block boxes at once while assigning pixels."""
     seed: int = 0
-    """Seed of the pixel sampler (the sample drawn at step s depends only on seed and s)."""
+    """Seed of the pixel sampler (the rays drawn at a block's step s depend only on seed, block and s)."""
 
 
 class BlockPixelSampler:
-    """Uniform draws from a pool of pixel ids; the draw at a step depends only on (seed, step),
-    so a resumed run sees the rays it would have seen."""
+    """Uniform draws from a pool of pixel ids; the draw at a block's step depends only on
+    (seed, block, step), so a resumed run sees the rays it would have seen, and a block sees
+    the same rays whichever process trains it."""
 
     def __init__(self, num_rays_per_batch: int, seed: int):
         self.num_rays_per_batch, self.seed = num_rays_per_batch, seed
 
-    def generator(self, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+    def generator(self, block: Optional[int], step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(((self.seed * 1_000_003) + (block if block is not None else -1) + 1) * 1_000_000_007 + step)
 
-    def sample(self, pool_size: int, step: int) -> Tensor:
-        return torch.randint(0, pool_size, (self.num_rays_per_batch,), generator=self.generator(step))
+    def sample(self, pool_size: int, block: Optional[int], step: int) -> Tensor:
+        return torch.randint(0, pool_size, (self.num_rays_per_batch,), generator=self.generator(block, step))
 
 
 class CityDataManager(VanillaDataManager):
@@ -120,6 +121,7 @@ class CityDataManager(VanillaDataManager):
 
     # ----- sampling -----
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
+        """Rays of the active block's draw number `step` (the pipeline passes the step within the block)."""
         self.train_count += 1
         positions = None
         if self.active_block is not None:
@@ -127,12 +129,12 @@ class CityDataManager(VanillaDataManager):
             buffer = self._score_buffer()
             if buffer is not None:
                 n = self.train_pixel_sampler.num_rays_per_batch
-                positions = buffer.sample(n, self.train_pixel_sampler.generator(step))
+                positions = buffer.sample(n, self.train_pixel_sampler.generator(self.active_block, step))
             else:
-                positions = self.train_pixel_sampler.sample(len(pool), step)
+                positions = self.train_pixel_sampler.sample(len(pool), self.active_block, step)
             pick = pool[positions]
         else:  # no stream running (export, inspection): any training pixel
-            pick = self.train_pixel_sampler.sample(int(self.offsets[-1]), step)
+            pick = self.train_pixel_sampler.sample(int(self.offsets[-1]), None, step)
         indices = self.flat_to_indices(pick)
         batch = {"image": self.colors[pick].float().div_(255.0).to(self.device), "indices": indices}
         if positions is not None:

@@ -78,7 +78,8 @@ class BlockCache:
         if b in self._blocks:
             self._blocks.move_to_end(b)
             return self._blocks[b]
-        module = self.make_field()
+        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the stream's RNG alone
+            module = self.make_field()
         module.load_block_state(self.store.load_block(b), what=f"block {b} ({self.store.root})")
         self.put(b, freeze(module).to(device))
         return self._blocks[b]

@@ -1,6 +1,7 @@
 """The streaming schedule: partition, then one block after another, each frozen when done.
 
-Step s of training belongs to block ``stream[s // steps_per_block]``. When a block's
+Step s of training belongs to block ``stream[s // steps_per_block]`` (with several
+processes, to the rank's share of the stream: see `mclnf_city/distributed.py`). When a block's
 steps are over, the active slot is evaluated on the block's test views, written to the
 `CityStore` (the commit point), kept frozen, and a checkpoint is saved; the next step
 resets the active slot from θ_shared and clears the optimizer state. A run resumed
@@ -23,6 +24,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from mclnf_city import distributed
 from mclnf_city.capture import check_cameras, check_capture
 from mclnf_city.datamanager import CityDataManagerConfig
 from mclnf_city.fields import BlockField, BlockFieldSpec
@@ -91,6 +93,8 @@ class CityPipelineConfig(VanillaPipelineConfig):
     """FIM-NeRF: Fisher-information ray scores driving loss weights and ray sampling."""
     max_camera_distance: float = 20.0
     """Cameras farther from the median camera than this many median camera distances are reported as broken poses."""
+    blocks_per_wave: Optional[int] = None
+    """Blocks trained side by side as one wave; a block sees (as frozen context) only blocks of earlier waves. Default: the number of processes (--machine.num-devices x --machine.num-machines), i.e. 1 on one process. One process with the value of a distributed run trains the same blocks."""
 
 
 class CityPipeline(VanillaPipeline):
@@ -107,8 +111,7 @@ class CityPipeline(VanillaPipeline):
     ):
         Pipeline.__init__(self)
         self.config, self.test_mode, self.world_size = config, test_mode, world_size
-        if world_size > 1:
-            raise NotImplementedError("mclnf-city trains on one process for now (block-parallel training is planned)")
+        self.rank = distributed.rank()
         data = config.datamanager.data or config.datamanager.dataparser.data
         check_capture(config.datamanager.dataparser, data)
         self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=1, local_rank=0)
@@ -121,6 +124,11 @@ class CityPipeline(VanillaPipeline):
         self.store = CityStore(config.store_dir)
         training = test_mode == "val"  # ns-train; ns-eval/ns-render/ns-export use "test"/"inference"
 
+        if training and world_size > 1:  # rank 0 creates the city, the others then read it
+            if self.rank == 0 and not self.store.exists:
+                self._create_city(config, data, outputs, c2w)
+            distributed.barrier()
+            self.store.refresh()
         if self.store.exists:
             partition = self.store.partition()
             expected = self.store.manifest["info"].get("num_train_images")
@@ -132,40 +140,28 @@ class CityPipeline(VanillaPipeline):
         elif not training:
             raise StoreError(f"no trained city at {self.store.root} (manifest.json missing)")
         else:
-            points = outputs.metadata.get("points3D_xyz")
-            partition = estimate_partition(
-                c2w,
-                points,
-                grid=config.grid,
-                block_size=config.block_size,
-                overlap_fraction=config.overlap,
-                image_names=[str(n) for n in outputs.image_filenames],
-                max_camera_distance=config.max_camera_distance,
-            )
+            partition = self._create_city(config, data, outputs, c2w)
         self.partition = partition
 
         masks: Dict[int, torch.Tensor] = {}
         if training:
-            pixels = self.datamanager.assign_pixels(partition)
+            if not self.datamanager.block_pixels:  # set by _create_city when this process made the city
+                self.datamanager.assign_pixels(partition)
             masks = {b: self.datamanager.block_images(b) for b in range(partition.num_blocks)}
-            rays = {b: len(p) for b, p in pixels.items()}
-            images = {b: int(m.sum()) for b, m in masks.items()}
-            CONSOLE.print(partition_table(partition, images, rays))
-            if not self.store.exists:
-                empty = {
-                    b: f"{rays[b]} training rays < --pipeline.min-rays-per-block {config.min_rays_per_block}"
-                    for b in range(partition.num_blocks)
-                    if rays[b] < config.min_rays_per_block
-                }
-                for b, why in empty.items():
-                    CONSOLE.print(f"[yellow]block {b} skipped: {why}")
-                info = {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block}
-                self.store.create(partition, empty, info)
-                partition.save(self.store.root / "partition.json")
+            if self.rank == 0:
+                rays = {b: len(p) for b, p in self.datamanager.block_pixels.items()}
+                images = {b: int(m.sum()) for b, m in masks.items()}
+                CONSOLE.print(partition_table(partition, images, rays))
         self.stream: List[int] = [b for b in partition.stream_order if self.store.status(b) != EMPTY]
         if training and not self.stream:
             raise StoreError("every block is empty: no block has enough training rays to train")
-        self.total_steps = len(self.stream) * config.steps_per_block
+        wave = config.blocks_per_wave or world_size
+        if config.meta.continual and wave > 1:
+            raise ValueError("--pipeline.meta.continual moves θ_shared after every block: it needs one block per wave")
+        # This rank's blocks, one slot of steps_per_block steps each (None: waits for the wave's end).
+        self.schedule = distributed.wave_schedule(self.stream, wave, self.rank, world_size)
+        self.slots_per_wave = wave // world_size
+        self.total_steps = len(self.schedule) * config.steps_per_block
 
         self._model = config.model.setup(
             scene_box=self.datamanager.train_dataset.scene_box,
@@ -194,10 +190,39 @@ class CityPipeline(VanillaPipeline):
         # viewer (--vis tensorboard, ns-eval, ...) it stays a no-op.
         self.city_viewer = CityViewer(self)
 
+    def _create_city(self, config: CityPipelineConfig, data, outputs, c2w):
+        """Partition the capture, mark blocks with too few rays empty, and write the new store."""
+        partition = estimate_partition(
+            c2w,
+            outputs.metadata.get("points3D_xyz"),
+            grid=config.grid,
+            block_size=config.block_size,
+            overlap_fraction=config.overlap,
+            image_names=[str(n) for n in outputs.image_filenames],
+            max_camera_distance=config.max_camera_distance,
+        )
+        rays = {b: len(p) for b, p in self.datamanager.assign_pixels(partition).items()}
+        empty = {
+            b: f"{rays[b]} training rays < --pipeline.min-rays-per-block {config.min_rays_per_block}"
+            for b in range(partition.num_blocks)
+            if rays[b] < config.min_rays_per_block
+        }
+        for b, why in empty.items():
+            CONSOLE.print(f"[yellow]block {b} skipped: {why}")
+        info = {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block}
+        self.store.create(partition, empty, info)
+        partition.save(self.store.root / "partition.json")
+        return partition
+
     # ------------------------------------------------------------------ prior
     def _resolve_prior(self, num_images: int) -> Dict[str, torch.Tensor]:
         """θ_shared: the store's (a run resumed or evaluated keeps its own), else --pipeline.prior."""
         probe = BlockField(self.config.model.field, num_images)
+        if self.world_size > 1:  # rank 0 records the prior, the others read it
+            if self.rank == 0 and not self.store.manifest.get("prior"):
+                self._record_initial_prior(probe)
+            distributed.barrier()
+            self.store.refresh()
         if self.store.manifest.get("prior"):
             state = self.store.load_prior()
             probe.load_prior(state, source=f"prior in {self.store.root}")
@@ -207,6 +232,9 @@ class CityPipeline(VanillaPipeline):
                 if set(given) != set(state) or any(not torch.equal(given[k], v) for k, v in state.items()):
                     raise StoreError(f"{self.store.root} was started from another prior ({self.store.manifest['prior']['source']})")
             return state
+        return self._record_initial_prior(probe)
+
+    def _record_initial_prior(self, probe: BlockField) -> Dict[str, torch.Tensor]:
         state, source = initial_prior(self.config.prior, self.config.model.field, self.config.prior_seed)
         probe.load_prior(state, source=source)
         self.store.write_prior(state, source=source)
@@ -217,13 +245,21 @@ class CityPipeline(VanillaPipeline):
         return (self.store.manifest.get("prior") or {}).get("meta") or {}
 
     def meta_train(self) -> None:
-        """Meta-learn θ_shared with the stream's blocks as tasks, then store it as the prior."""
+        """Meta-learn θ_shared with the stream's blocks as tasks, then store it as the prior.
+
+        With N processes every outer step averages the updates of N x tasks-per-batch tasks
+        (each rank draws its own), and rank 0 records the result."""
         cfg = self.config.meta
         theta = self.learn_prior(self.stream)
         self.model.prior = theta
         source = f"meta-trained on {self.store.manifest['info'].get('data')}: {cfg.algorithm}, {cfg.meta_steps} steps, from {self.store.manifest['prior']['source']}"
+        if self.world_size > 1:
+            source += f", {self.world_size} processes"
         settings = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-        self.store.write_prior(theta, source=source, meta={"meta_trained": settings})
+        if self.rank == 0:
+            self.store.write_prior(theta, source=source, meta={"meta_trained": settings, "processes": self.world_size})
+        distributed.barrier()
+        self.store.refresh()
         CONSOLE.print(f"[bold]θ_shared[/bold] {source}")
 
     def learn_prior(self, blocks: List[int]) -> Dict[str, torch.Tensor]:
@@ -259,10 +295,30 @@ class CityPipeline(VanillaPipeline):
         return torch.mean((outputs["rgb"] - data["image"].to(outputs["rgb"])) ** 2)
 
     # ------------------------------------------------------------------ stream
-    def block_at(self, step: int) -> int:
-        return self.stream[min(step // self.config.steps_per_block, len(self.stream) - 1)]
+    def block_at(self, step: int) -> Optional[int]:
+        """The block this process trains at `step` (None: its share of the wave is done, it waits)."""
+        return self.schedule[min(step // self.config.steps_per_block, len(self.schedule) - 1)]
+
+    def context_blocks(self, b: int) -> List[int]:
+        """Finished blocks that answer for their own regions while b trains: those of earlier waves."""
+        wave = self.slots_per_wave * self.world_size
+        first = self.stream.index(b) // wave * wave
+        return [c for c in self.stream[:first] if self.store.status(c) == DONE]
+
+    def resume_step(self) -> int:
+        """First step of the first wave with an unfinished block (where a multi-process run resumes)."""
+        spb, wave = self.config.steps_per_block, self.slots_per_wave * self.world_size
+        for i in range(0, len(self.stream), wave):
+            if any(self.store.status(b) != DONE for b in self.stream[i : i + wave]):
+                return i // wave * self.slots_per_wave * spb
+        return self.total_steps
 
     def _start_block(self, b: int) -> None:
+        self.store.refresh()  # blocks other processes finished in earlier waves
+        self.model.done_blocks = set(self.context_blocks(b))
+        # Every block draws from its own random stream (stratified samples), so what it learns
+        # does not depend on which process trains it, or after what.
+        torch.manual_seed(self.config.datamanager.seed * 1_000_003 + b)
         self.model.start_block(b)
         self.datamanager.active_block = b
         if self.store.status(b) != DONE:
@@ -276,14 +332,14 @@ class CityPipeline(VanillaPipeline):
 
     def get_train_loss_dict(self, step: int):
         b = self.block_at(step)
-        if int(self.model.active_block) != b:
+        if b is not None and int(self.model.active_block) != b:
             self._start_block(b)
         self.datamanager.active_block = b
-        if self.store.status(b) == DONE:
+        if b is None or self.store.status(b) == DONE:
             # Finished and stored by an earlier run after its last checkpoint: do not retrain.
             zero = sum(p.sum() * 0.0 for p in self.model.active.parameters())
             return {}, {"rgb_loss": zero}, {}
-        ray_bundle, batch = self.datamanager.next_train(step)
+        ray_bundle, batch = self.datamanager.next_train(step % self.config.steps_per_block)
         outputs = self.model(ray_bundle)
         metrics = self.model.get_metrics_dict(outputs, batch)
         fisher = self.config.fisher
@@ -305,8 +361,23 @@ class CityPipeline(VanillaPipeline):
                 group["lr"] = group["initial_lr"] * self.config.lr_final_fraction**t
 
     def _after_step(self, step: int) -> None:
-        if (step + 1) % self.config.steps_per_block == 0 or step + 1 >= self.total_steps:
-            self.finish_block(self.block_at(step), step)
+        spb = self.config.steps_per_block
+        if (step + 1) % spb != 0 and step + 1 < self.total_steps:
+            return
+        b = self.block_at(step)
+        if b is not None:
+            self.finish_block(b, step)
+        if ((step + 1) // spb) % self.slots_per_wave == 0 or step + 1 >= self.total_steps:
+            self._end_wave(step)
+
+    def _end_wave(self, step: int) -> None:
+        """Every process waits for the wave's blocks; after the last wave, rank 0 writes the report."""
+        distributed.barrier()
+        self.store.refresh()
+        if step + 1 >= self.total_steps:
+            self.model.done_blocks = set(self.store.done_blocks())
+            if self.rank == 0:
+                self.write_report()
 
     def finish_block(self, b: int, step: int) -> None:
         """Evaluate, store (the commit point), freeze, checkpoint."""
@@ -315,7 +386,9 @@ class CityPipeline(VanillaPipeline):
         if self.store.status(b) != DONE:
             metrics = self.evaluate_blocks([b]).get(b, {})
             seconds = round(time.time() - self._block_started_at, 2)
-            self.store.write_block(b, self.model.active.state_dict(), self.config.steps_per_block, metrics, seconds=seconds)
+            self.store.write_block(
+                b, self.model.active.state_dict(), self.config.steps_per_block, metrics, seconds=seconds, rank=self.rank
+            )
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("psnr", "ssim", "lpips_alex"))
             CONSOLE.print(f"[green]block {b} done[/green] and frozen -> {self.store.root} ({shown or 'no test views'})")
         self.model.block_finished(b)
@@ -324,8 +397,6 @@ class CityPipeline(VanillaPipeline):
             self.absorb_finished_blocks()
         if self._trainer is not None:
             self._trainer.save_checkpoint(step)
-        if b == self.stream[-1]:
-            self.write_report()
 
     def get_training_callbacks(self, attrs: TrainingCallbackAttributes) -> List[TrainingCallback]:
         self._optimizers, self._trainer = attrs.optimizers, attrs.trainer
@@ -500,7 +571,9 @@ def learn_prior(tasks: List[Tuple["CityPipeline", int]], prior: Dict[str, torch.
 
     from mclnf_city.meta import meta_step
 
-    gen = torch.Generator().manual_seed(cfg.seed)
+    from mclnf_city import distributed
+
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * distributed.rank())  # each process draws its own tasks
     theta = {k: v.clone() for k, v in prior.items()}
     for pipeline, _ in tasks:
         pipeline.model.train()
@@ -524,6 +597,9 @@ def learn_prior(tasks: List[Tuple["CityPipeline", int]], prior: Dict[str, torch.
             None, theta, batch_tasks, loss, cfg.algorithm, cfg.inner_lr, cfg.outer_lr,
             inner_optimizer="adam" if cfg.algorithm == "reptile" else "sgd",
         )
+        # The outer update is linear in the tasks' contributions: the mean of the processes'
+        # updated θ is the update of all their tasks together (identical θ on every rank).
+        theta = distributed.average_across_ranks(theta)
     for pipeline, _ in tasks:
         pipeline.model.active_block.fill_(-1)
         pipeline.datamanager.active_block = None

@@ -6,6 +6,9 @@
   never computes it, and a resumed run ends where the stream ends.
 - Checkpoints are written atomically: a SIGKILL mid-save never leaves a truncated
   "latest" checkpoint behind.
+- With several processes (`--machine.num-devices N`, see `mclnf_city/distributed.py`) a
+  resumed run restarts at the first wave with an unfinished block: the store, not a
+  checkpoint, is the truth, and each process loses at most the block it was training.
 """
 
 from __future__ import annotations
@@ -40,8 +43,12 @@ class CityTrainerConfig(TrainerConfig):
                 pipeline.store_dir = self.get_base_dir() / "city"
 
     def save_config(self) -> None:
+        # ns-train calls this just before it launches the processes.
         self.resolve_store_dir()
         super().save_config()
+        from mclnf_city.distributed import use_cpu_worker
+
+        use_cpu_worker(self.machine.device_type, self.machine.num_devices * self.machine.num_machines)
 
 
 class CityTrainer(Trainer):
@@ -55,6 +62,9 @@ class CityTrainer(Trainer):
     def setup(self, test_mode="val") -> None:
         self.config.resolve_store_dir()
         super().setup(test_mode=test_mode)
+        if self.world_size > 1 and test_mode == "val":
+            self._start_step = self.pipeline.resume_step()
+            self.pipeline.model.active_block.fill_(-1)  # every process starts its block afresh
         self.config.max_num_iterations = max(self.pipeline.total_steps - self._start_step, 0)
 
     def train(self) -> None:

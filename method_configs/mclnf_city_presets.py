@@ -43,7 +43,9 @@ mclnf_city = MethodSpecification(
         "mclnf-city",
         CityPipelineConfig(
             datamanager=CityDataManagerConfig(train_num_rays_per_batch=4096),
-            model=CityModelConfig(field=BlockFieldSpec(), num_coarse_samples=32, num_fine_samples=32),
+            # 24 + 24 samples: the same test PSNR as 32 + 32 at equal steps on the demo city
+            # (18.41 vs 18.38 dB, 4 x 100 steps) for 1.3x less time per step (README, issue 6).
+            model=CityModelConfig(field=BlockFieldSpec(), num_coarse_samples=24, num_fine_samples=24),
             grid=(2, 2),
             steps_per_block=2000,
         ),

@@ -15,6 +15,10 @@ mclnf-city streams all its blocks within the budget: its steps per block come fr
 calibration run (`--calibration-steps`, not counted), so the stream ends just before the
 budget; the actual training time is reported. `mclnf-city:reference` is the same method with
 the fused hash-grid kernel off (MCLNF_HASH_GRID=torch): the before of the speed-up.
+
+`nerfacto` runs as a nerfstudio user gets it (glibc's default allocator). mclnf-city tells
+glibc to keep freed memory (`mclnf_city/cpu_allocator.py`); `nerfacto:heap` is nerfacto with
+that same setting, so the table shows what the setting alone gives nerfacto.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from city_runs import preset_config, setup_trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("nerfacto", "mclnf-city", "mclnf-city:reference")
+METHODS = ("nerfacto", "nerfacto:heap", "mclnf-city", "mclnf-city:reference")
 
 
 def window_rates(step_seconds: List[float], rays: int, window: int, skip: set) -> List[float]:
@@ -142,7 +146,10 @@ def worker_mclnf(args, work: Path) -> Dict:
 def run_worker(args) -> None:
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix=f"bench_speed_{args.worker.replace(':', '_')}_"))
-    result = worker_nerfacto(args, work) if args.worker == "nerfacto" else worker_mclnf(args, work)
+    result = worker_nerfacto(args, work) if args.worker.startswith("nerfacto") else worker_mclnf(args, work)
+    from mclnf_city import cpu_allocator
+
+    result["allocator"] = cpu_allocator.status()
     if args.worker.startswith("mclnf"):
         from mclnf_city.hash_grid import kernel_status
 
@@ -179,6 +186,8 @@ def main() -> None:
             env = dict(os.environ, PYTHONWARNINGS="ignore")
             if method.endswith(":reference"):
                 env["MCLNF_HASH_GRID"] = "torch"
+            if method == "nerfacto":  # the data manager comes from an mclnf-city pipeline: undo its setting
+                env["MCLNF_MALLOC"] = "default"
             cmd = [sys.executable, __file__, "--worker", method, "--result", str(result_path), "--data", str(args.data),
                    "--budget", str(args.budget), "--rays", str(args.rays), "--warmup", str(args.warmup),
                    "--window", str(args.window), "--calibration-steps", str(args.calibration_steps)]
