@@ -124,7 +124,7 @@ class CityModel(Model):
         # Blocks the viewer hides: left out of rendered images (they render like empty space).
         # Never applied while training, nor inside `every_block_shown` (evaluation, reports).
         self.hidden_blocks: FrozenSet[int] = frozenset()
-        self._show_every_block = False
+        self._evaluating = False
         self.fisher_features = False  # set by the pipeline when FIM-NeRF is on
 
     # ------------------------------------------------------------------ stream
@@ -150,16 +150,17 @@ class CityModel(Model):
         return {"fields": list(self.active.parameters())}
 
     @contextmanager
-    def every_block_shown(self) -> Iterator[None]:
-        """Render every block whatever the viewer hides: metrics and checks must not depend on it.
+    def for_evaluation(self) -> Iterator[None]:
+        """Render for metrics: every block whatever the viewer hides (metrics and checks must not
+        depend on it), and no surface normals (6 density queries per ray that no metric uses).
 
-        A flag rather than clearing `hidden_blocks`, so a viewer click meanwhile is not lost.
+        Flags rather than clearing `hidden_blocks`, so a viewer click meanwhile is not lost.
         """
-        before, self._show_every_block = self._show_every_block, True
+        before, self._evaluating = self._evaluating, True
         try:
             yield
         finally:
-            self._show_every_block = before
+            self._evaluating = before
 
     # ------------------------------------------------------------------ routing
     def _module_keys(self, owners: Tensor) -> Tensor:
@@ -188,7 +189,7 @@ class CityModel(Model):
             mine = ~is_done if self.training else (owners == a) & ~is_done
             keys = torch.where(mine, torch.full_like(owners, ACTIVE), keys)
         hidden = self.hidden_blocks  # one read: the viewer's thread may replace the set meanwhile
-        if hidden and not self.training and not self._show_every_block:
+        if hidden and not self.training and not self._evaluating:
             is_hidden = torch.isin(owners, torch.tensor(sorted(hidden), device=owners.device))
             keys = torch.where(is_hidden, torch.full_like(owners, NO_MODULE), keys)
         return keys
@@ -294,7 +295,7 @@ class CityModel(Model):
                 deltas=fine.deltas, density_in=sample_in[0], color_in=sample_in[1],
                 background=background.detach(), far_in=far_in[0], hit=hit.to(density),
             )
-        if not self.training:  # normals in [0, 1], as nerfstudio's exporter and viewer expect
+        if not self.training and not self._evaluating:  # normals in [0, 1], as nerfstudio's exporter and viewer expect
             normals = self._surface_normals(origins + directions * depth)
             outputs["normals"] = (normals + 1.0) / 2.0
         return outputs

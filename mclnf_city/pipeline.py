@@ -423,7 +423,7 @@ class CityPipeline(VanillaPipeline):
         was_training = self.model.training
         self.model.eval()
         try:
-            with self.model.every_block_shown():
+            with self.model.for_evaluation():
                 outputs = self.model.get_outputs_for_camera(camera)
         finally:
             self.model.train(was_training)
@@ -432,15 +432,15 @@ class CityPipeline(VanillaPipeline):
 
     # nerfstudio's evaluation (ns-eval, eval iterations while training) sees every block too.
     def get_eval_loss_dict(self, step: int):
-        with self.model.every_block_shown():
+        with self.model.for_evaluation():
             return super().get_eval_loss_dict(step)
 
     def get_eval_image_metrics_and_images(self, step: int):
-        with self.model.every_block_shown():
+        with self.model.for_evaluation():
             return super().get_eval_image_metrics_and_images(step)
 
     def get_average_image_metrics(self, *args, **kwargs):
-        with self.model.every_block_shown():
+        with self.model.for_evaluation():
             return super().get_average_image_metrics(*args, **kwargs)
 
     def evaluate_blocks(self, blocks: List[int]) -> Dict[int, Dict[str, float]]:

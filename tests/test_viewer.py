@@ -96,8 +96,11 @@ def test_hidden_block_renders_like_empty_space_and_training_is_unaffected(pipeli
         assert nothing["accumulation"].abs().max() == 0 and nothing["rgb"].abs().max() == 0
         # evaluation and training see every block, whatever the viewer hides
         assert torch.equal(pipeline.render_test_view(0)[0], shown["rgb"])
-        with model.every_block_shown():
-            assert torch.equal(_render(pipeline)["rgb"], shown["rgb"])
+        with model.for_evaluation():
+            evaluated = _render(pipeline)
+            assert torch.equal(evaluated["rgb"], shown["rgb"])
+            assert "normals" not in evaluated  # metrics never use them: not computed
+        assert "normals" in shown  # the viewer and ns-export pointcloud get them
         model.train()
         try:
             assert torch.equal(model._evaluate_points(_points_in(pipeline, b), None, None)[0], density_b)

@@ -24,6 +24,7 @@ that same setting, so the table shows what the setting alone gives nerfacto.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -67,7 +68,8 @@ def evaluate(model, dataset) -> Dict[str, float]:
     for i in range(len(dataset)):
         camera = dataset.cameras[i : i + 1]
         start = time.perf_counter()
-        rgb = model.get_outputs_for_camera(camera)["rgb"]
+        with model.for_evaluation() if hasattr(model, "for_evaluation") else contextlib.nullcontext():  # no normals
+            rgb = model.get_outputs_for_camera(camera)["rgb"]
         seconds += time.perf_counter() - start
         pixels += rgb.shape[0] * rgb.shape[1]
         per_view.append(image_metrics(rgb.clamp(0, 1), dataset[i]["image"][..., :3]))
