@@ -156,6 +156,9 @@ def run_worker(args) -> None:
         from mclnf_city.hash_grid import kernel_status
 
         result["hash_grid"] = kernel_status()
+    # Other jobs on the machine slow every number down: the 15-minute load average at the end
+    # (this worker alone keeps it near the torch thread count) says whether the run was alone.
+    result["load_average_15min_at_end"] = os.getloadavg()[2]
     rates = window_rates(result["step_seconds"], args.rays, args.window, set(result["skip"]))
     result["train_rays_per_s"] = statistics.median(rates) if rates else None
     result["windows"] = len(rates)
