@@ -23,6 +23,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from mclnf_city import grow
 from mclnf_city.capture import check_cameras, check_capture
 from mclnf_city.datamanager import CityDataManagerConfig
 from mclnf_city.fields import BlockField, BlockFieldSpec
@@ -91,6 +92,10 @@ class CityPipelineConfig(VanillaPipelineConfig):
     """FIM-NeRF: Fisher-information ray scores driving loss weights and ray sampling."""
     max_camera_distance: float = 20.0
     """Cameras farther from the median camera than this many median camera distances are reported as broken poses."""
+    grow_city: Optional[Path] = None
+    """Grow a trained city: the store of the run that trained it (<old run>/city). --data is that city's capture grown by new photos (mclnf-process NEW OUT --register-into OLD_CAPTURE); blocks are added where the newest photos look beyond the city (same block size, height range and overlap) and only they train, from the city's stored prior. The old blocks are linked unchanged into this run's store and never retrained; the old run stays as it was."""
+    recapture_blocks: Tuple[int, ...] = ()
+    """With --pipeline.grow-city: re-capture these blocks instead of adding new ones. Each trains again, from the city's prior, on the newest photos only (the last capture registered into --data), as a new version (blocks/block_NNN_vK.pt); the old version stays in service until the new one is stored, and a run stopped before that leaves it in service."""
 
 
 class CityPipeline(VanillaPipeline):
@@ -111,15 +116,16 @@ class CityPipeline(VanillaPipeline):
             raise NotImplementedError("mclnf-city trains on one process for now (block-parallel training is planned)")
         data = config.datamanager.data or config.datamanager.dataparser.data
         check_capture(config.datamanager.dataparser, data)
-        self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=1, local_rank=0)
+        with grow.city_frame(config):  # a grown city's capture is parsed in the city's frame (grow.py)
+            self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=1, local_rank=0)
         self.datamanager.to(device)
         outputs = self.datamanager.train_dataparser_outputs
         c2w = outputs.cameras.camera_to_worlds
         check_cameras(c2w, outputs.image_filenames)
         if config.store_dir is None:
             raise ValueError("--pipeline.store-dir is not set (ns-train mclnf-city sets it to <run dir>/city)")
-        self.store = CityStore(config.store_dir)
         training = test_mode == "val"  # ns-train; ns-eval/ns-render/ns-export use "test"/"inference"
+        self.store = grow.open_store(config, outputs, training)  # CityStore(config.store_dir) unless --pipeline.grow-city
 
         if self.store.exists:
             partition = self.store.partition()
@@ -160,9 +166,11 @@ class CityPipeline(VanillaPipeline):
                 for b, why in empty.items():
                     CONSOLE.print(f"[yellow]block {b} skipped: {why}")
                 info = {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block}
+                info.update(grow.frame_info(self.datamanager.dataparser))  # so that the city can grow later
                 self.store.create(partition, empty, info)
                 partition.save(self.store.root / "partition.json")
         self.stream: List[int] = [b for b in partition.stream_order if self.store.status(b) != EMPTY]
+        grow.prepare_run(self, masks)  # a grown city's run: its own blocks only (no-op otherwise)
         if training and not self.stream:
             raise StoreError("every block is empty: no block has enough training rays to train")
         self.total_steps = len(self.stream) * config.steps_per_block
