@@ -197,10 +197,17 @@ def _frame_of_old_capture(old: CityStore, config) -> Dict[str, Any]:
     return frame
 
 
+def _own_growth(config) -> Optional[Dict[str, Any]]:
+    """The `grow` record of this run's store, when the run is a grown city's (resumed or served)."""
+    if config.store_dir is None or not (Path(config.store_dir) / "manifest.json").exists():
+        return None
+    return CityStore(Path(config.store_dir)).manifest.get("grow")
+
+
 @contextmanager
 def city_frame(config) -> Iterator[None]:
     """Around the data manager's setup: a grown run parses its capture in the city's frame."""
-    if config.grow_city is None:
+    if config.grow_city is None and _own_growth(config) is None:
         yield
         return
     with fixed_frame(config.datamanager.dataparser, find_frame(config)):
@@ -249,29 +256,32 @@ class GrowingStore(CityStore):
 
 
 def open_store(config, outputs, training: bool) -> CityStore:
-    """The pipeline's store: as before without --pipeline.grow-city; else this run's grown store
-    (seeded from the old city on the first training start)."""
-    if config.grow_city is None:
+    """The pipeline's store: as before for a city that never grew; else this run's grown store,
+    seeded from --pipeline.grow-city on the first training start. A grown run resumed with
+    --load-dir (or served by ns-viewer, ns-eval, ...) is recognised by its manifest."""
+    own = CityStore(config.store_dir)
+    grown = own.manifest.get("grow") if own.exists else None
+    if config.grow_city is None and grown is None:
         if config.recapture_blocks:
             raise GrowError("--pipeline.recapture-blocks needs --pipeline.grow-city (the city whose blocks are re-captured)")
-        return CityStore(config.store_dir)
+        return own
+    if config.meta.meta_steps > 0:
+        raise GrowError("a grown city trains its new blocks from its stored prior: --pipeline.meta.meta-steps does not apply")
+    if own.exists:
+        if grown is None:
+            raise GrowError(f"{own.manifest_path}: not a grown city, but --pipeline.grow-city is set")
+        if config.grow_city is not None and Path(grown["from"]).resolve() != Path(config.grow_city).resolve():
+            raise GrowError(f"{own.manifest_path}: grown from {grown['from']}, not from --pipeline.grow-city {config.grow_city}")
+        if config.recapture_blocks and list(grown["recapture"]) != list(config.recapture_blocks):
+            raise GrowError(f"{own.manifest_path}: re-captures blocks {grown['recapture']}, not --pipeline.recapture-blocks {list(config.recapture_blocks)}")
+        return GrowingStore(config.store_dir) if training else own
     old_root = Path(config.grow_city)
     if old_root.resolve() == Path(config.store_dir).resolve():
         raise GrowError(f"--pipeline.grow-city {old_root} is this run's own store; give the store of the run that trained the city")
-    if config.meta.meta_steps > 0:
-        raise GrowError("a grown city trains its new blocks from its stored prior: --pipeline.meta.meta-steps does not apply")
-    store = (GrowingStore if training else CityStore)(config.store_dir)
-    if store.exists:
-        grown = store.manifest.get("grow")
-        if not grown:
-            raise GrowError(f"{store.manifest_path}: not a grown city, but --pipeline.grow-city is set")
-        if Path(grown["from"]).resolve() != old_root.resolve():
-            raise GrowError(f"{store.manifest_path}: grown from {grown['from']}, not from --pipeline.grow-city {old_root}")
-        if list(grown["recapture"]) != list(config.recapture_blocks):
-            raise GrowError(f"{store.manifest_path}: re-captures blocks {grown['recapture']}, not --pipeline.recapture-blocks {list(config.recapture_blocks)}")
-        return store
-    if training:
-        seed_store(store, CityStore(old_root), config, outputs)
+    if not training:
+        return own  # nothing trained here yet: the pipeline says so
+    store = GrowingStore(config.store_dir)
+    seed_store(store, CityStore(old_root), config, outputs)
     return store
 
 

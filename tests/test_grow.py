@@ -3,6 +3,7 @@ prior with old blocks untouched, and blocks re-captured as new versions (in-proc
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -173,16 +174,30 @@ def test_old_blocks_render_bit_identically_in_the_grown_city(old_city, grown_cit
     assert pipeline.model.frozen.get(b, pipeline.device).appearance.num_embeddings < pipeline.model.active.appearance.num_embeddings
 
 
-def test_grown_city_report_and_resume_is_a_no_op(grown_city, captures, tmp_path):
+def test_grown_city_report_serving_and_resume(old_city, grown_city, captures, tmp_path):
     pipeline = grown_city.pipeline
     report = json.loads((pipeline.store.root / "report" / "metrics.json").read_text())
     assert report["stream_order"] == pipeline.stream
     assert all(report["blocks"][str(b)]["renders_alone_bit_identical"] in (True, None) for b in pipeline.stream)
-    # the same config again finds the store grown and everything trained
-    config = grown_city.config
-    again = setup_trainer(config)
+    # served as nerfstudio's commands load it (eval_setup, here through mclnf-export): every block, old and new
+    from mclnf_city.export import export_thumbnails, load_city
+
+    city = load_city(grown_city.config.get_base_dir() / "config.yml")
+    assert city.model.done_blocks == set(city.store.done_blocks()) == set(old_city["done"]) | set(pipeline.stream)
+    sheet, info = export_thumbnails(city, 16, 16, progress=False)
+    assert set(info["blocks"]) == {str(b) for b in range(city.partition.num_blocks)}
+    assert sheet.shape[:2] == (16 * city.partition.grid[1], 16 * city.partition.grid[0])
+    # started again without --pipeline.grow-city (as a resume with --load-dir is): the store says it
+    # is grown, and the capture is parsed in the city's frame
+    config = copy.deepcopy(grown_city.config)
+    config.pipeline.grow_city = None
+    again = config.setup(local_rank=0, world_size=1)
+    again.setup()
     assert again.pipeline.stream == pipeline.stream
+    assert all(again.pipeline.store.status(b) == DONE for b in again.pipeline.stream)  # stored blocks are never retrained
     assert again.pipeline.store.manifest["grow"] == pipeline.store.manifest["grow"]
+    name = next(iter(old_city["cameras"]))
+    assert torch.equal(camera_by_name(again.pipeline, name).camera_to_worlds, old_city["cameras"][name].camera_to_worlds)
 
 
 def test_recapture_keeps_the_old_version_in_service_until_the_new_one_is_stored(old_city, grown_city, captures, tmp_path):
@@ -213,6 +228,12 @@ def test_recapture_keeps_the_old_version_in_service_until_the_new_one_is_stored(
     assert b in served.done_blocks()
     assert sha(store_root / entry["file"]) == old_entry["sha256"]
     assert not list((store_root / "blocks").glob(f"block_{b:03d}_v2.pt"))
+    # what a viewer / ns-eval of this run serves (the pipeline outside training): the old version, bit for bit
+    serving = config.pipeline.setup(device="cpu", test_mode="test")
+    assert b in serving.model.done_blocks
+    name = Path(serving.datamanager.eval_dataset._dataparser_outputs.image_filenames[0]).name
+    camera = camera_by_name(serving, name)
+    assert torch.equal(render_alone(serving, b, camera), render_alone(grown_city.pipeline, b, camera_by_name(grown_city.pipeline, name)))
 
     # 2. the run again: the old version is served until the switch, then the new one
     trainer = setup_trainer(config)
