@@ -422,7 +422,7 @@ def seed_store(store: CityStore, old: CityStore, config, outputs) -> None:
     revived = [b for b in range(n_old) if old.status(b) == EMPTY and old_cells[b] in seen]  # empty before, now looked at
     candidates = set(new_blocks + revived)
     order = [b for b in visit_order(grown, c2w[newest]) if b in candidates]
-    grown.stream_order = list(partition.stream_order) + new_blocks
+    grown.stream_order = list(partition.stream_order) + [b for b in order if b >= n_old] + [b for b in new_blocks if b not in order]
     if not order and not recapture:
         raise GrowError(
             f"{data}: the newest photos look at no place outside the city {old.root}, so there is no block to add; "

@@ -384,3 +384,20 @@ def test_registration_bad_input_is_named_and_leaves_nothing(door_city, tmp_path)
         process(_options(noise, out, register_into=ROOT / "assets" / "demo_city"))
     assert _no_leftovers(out)
     assert (city / "transforms.json").exists()  # the capture registered into is never changed
+
+
+def test_registration_when_the_capture_keypoints_differ(door_city, tmp_path, monkeypatch):
+    """Keypoints extracted again that differ from the model's (another SIFT build, say): the
+    capture's points are triangulated again with its poses fixed, and the photos still register."""
+    from mclnf_city import register
+
+    _, city = door_city
+    monkeypatch.setattr(register, "keypoints_match_model", lambda *a: False)
+    grown = tmp_path / "grown"
+    summary = process(_options(_photos(DOOR_MORE, tmp_path / "more"), grown, register_into=city))
+    assert summary.registered == 4 and summary.mapping["kept_capture_points"] is False
+    old, new = (json.loads((d / "transforms.json").read_text()) for d in (city, grown))
+    assert [f["transform_matrix"] for f in new["frames"][:len(old["frames"])]] == [f["transform_matrix"] for f in old["frames"]]
+    bench = load_tool("bench_process")
+    acc = bench.compare_poses(bench.poses_from_transforms(grown / "transforms.json"), _ground_truth())
+    assert acc["max_rotation_deg"] < 3.0 and acc["max_centre_error_fraction"] < 0.08, acc
