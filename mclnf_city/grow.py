@@ -143,8 +143,15 @@ def fixed_frame(dataparser_config, frame: Dict[str, Any]) -> Iterator[None]:
 
 
 def frame_info(dataparser) -> Dict[str, Any]:
-    """What a new city records in its manifest's `info` so that it can grow later."""
-    return {FRAME_KEY: record_frame(dataparser)}
+    """What a new city records in its manifest's `info` so that it can grow later (never fails:
+    a dataparser whose frame cannot be recorded only makes the city unable to grow, and says why)."""
+    cfg = dataparser.config
+    if not (hasattr(cfg, "auto_scale_poses") and hasattr(cfg, "scale_factor")):
+        return {FRAME_KEY: {"dataparser": type(cfg).__name__, "reproducible": False, "why": "this dataparser has no pose scale options"}}
+    try:
+        return {FRAME_KEY: record_frame(dataparser)}
+    except Exception as e:  # noqa: BLE001 - recording is a bonus; training must not depend on it
+        return {FRAME_KEY: {"dataparser": type(cfg).__name__, "reproducible": False, "why": f"{type(e).__name__}: {e}"}}
 
 
 def find_frame(config) -> Dict[str, Any]:
@@ -270,7 +277,7 @@ def open_store(config, outputs, training: bool) -> CityStore:
     if own.exists:
         if grown is None:
             raise GrowError(f"{own.manifest_path}: not a grown city, but --pipeline.grow-city is set")
-        if config.grow_city is not None and Path(grown["from"]).resolve() != Path(config.grow_city).resolve():
+        if training and config.grow_city is not None and Path(grown["from"]).resolve() != Path(config.grow_city).resolve():
             raise GrowError(f"{own.manifest_path}: grown from {grown['from']}, not from --pipeline.grow-city {config.grow_city}")
         if config.recapture_blocks and list(grown["recapture"]) != list(config.recapture_blocks):
             raise GrowError(f"{own.manifest_path}: re-captures blocks {grown['recapture']}, not --pipeline.recapture-blocks {list(config.recapture_blocks)}")
@@ -453,7 +460,7 @@ def seed_store(store: CityStore, old: CityStore, config, outputs) -> None:
         "prior": copy.deepcopy(old.manifest.get("prior")),
         "blocks": blocks,
         "grow": {
-            "from": str(old.root),
+            "from": str(old.root.resolve()),
             "from_info": {k: v for k, v in old.manifest["info"].items() if k != FRAME_KEY},
             "capture": capture,
             "new_blocks": new_blocks,
