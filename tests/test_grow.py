@@ -401,3 +401,25 @@ def test_registration_when_the_capture_keypoints_differ(door_city, tmp_path, mon
     bench = load_tool("bench_process")
     acc = bench.compare_poses(bench.poses_from_transforms(grown / "transforms.json"), _ground_truth())
     assert acc["max_rotation_deg"] < 3.0 and acc["max_centre_error_fraction"] < 0.08, acc
+
+
+def test_city_made_before_growing_existed_gets_its_frame_from_its_capture(old_city, captures, tmp_path):
+    """No recorded frame: the old capture is parsed again and checked against the old run's
+    dataparser_transforms.json; the result is the frame the city records today."""
+    from mclnf_city.grow import FRAME_KEY, _frame_of_old_capture
+
+    old, grown, _ = captures
+    recorded = CityStore(old_city["store"]).manifest["info"][FRAME_KEY]
+    legacy = tmp_path / "run" / "city"
+    legacy.mkdir(parents=True)
+    manifest = json.loads((old_city["store"] / "manifest.json").read_text())
+    del manifest["info"][FRAME_KEY]
+    (legacy / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(old_city["store"].parent / "dataparser_transforms.json", legacy.parent / "dataparser_transforms.json")
+    config = tiny_trainer_config(grown, tmp_path / "runs", steps_per_block=STEPS).pipeline
+    frame = _frame_of_old_capture(CityStore(legacy), config)
+    assert frame["transform"] == recorded["transform"] and frame["scale"] == recorded["scale"] and frame["reproducible"]
+    # other dataparser options than the old run's: refused, naming the file
+    config.datamanager.dataparser.orientation_method = "none"
+    with pytest.raises(GrowError, match="dataparser_transforms.json"):
+        _frame_of_old_capture(CityStore(legacy), config)
