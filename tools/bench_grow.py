@@ -9,11 +9,13 @@ city (generated, 3x2 blocks): the cameras west of a street are the old capture, 
 the grown one (eastern frames marked capture 1, as --register-into marks them). The old city is
 trained, then grown (`--pipeline.grow-city`). Recorded: which blocks were added, the old block
 files' SHA-256 before and after, old blocks' solo renders on their test views (bit for bit), test
-PSNR of the old and the grown city on every test view of the grown capture (split by whether the
-view looks at an old or a new block), and wall times.
+PSNR of the old and the grown city on every test view of the grown capture (split into views of
+the old and of the new photos), and wall times. --from-scratch trains the grown capture as one new
+city instead (the baseline: every block, all photos from the start).
 
     python tools/bench_grow.py door --out docs/bench_grow_door.json
     python tools/bench_grow.py city --steps-per-block 200 --out docs/bench_grow_city.json
+    python tools/bench_grow.py city --steps-per-block 200 --from-scratch --out docs/bench_grow_scratch.json
 """
 
 from __future__ import annotations
@@ -111,8 +113,6 @@ def city(args) -> Dict:
     from city_runs import preset_config, setup_trainer
     from make_city import generate_city
 
-    from mclnf_city.metrics import image_metrics
-
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_grow_city_"))
     full = generate_city(work / "full", seed=args.seed, progress=False, verbose=False, blocks_x=3, blocks_y=2,
                          image_width=args.width, image_height=args.height)
@@ -135,6 +135,7 @@ def city(args) -> Dict:
 
     old = capture("old", west, keep_x=args.split_x)
     grown = capture("grown", [f if f in west else {**f, "capture": 1} for f in frames])
+    new_names = {Path(f["file_path"]).name for f in frames if f not in west}
 
     def train(data, **pipeline):
         config = preset_config("mclnf-city-tiny", data, work / "runs", args.steps_per_block, rays=args.rays, **pipeline)
@@ -143,6 +144,8 @@ def city(args) -> Dict:
         trainer.train()
         return trainer, time.perf_counter() - start
 
+    if args.from_scratch:
+        return from_scratch(args, grown, new_names, train)
     old_trainer, old_seconds = train(old)
     old_pipe = old_trainer.pipeline
     old_store = old_pipe.store.root
@@ -179,24 +182,10 @@ def city(args) -> Dict:
     solo_same = all(torch.equal(render(grown_pipe, camera(grown_pipe, n), b), before) for (b, n), before in solo_before.items())
 
     # every test view of the grown capture, rendered by the old city and by the grown one
-    ds = grown_pipe.datamanager.eval_dataset
-    from mclnf_city.partition import look_blocks
-
-    homes = look_blocks(grown_pipe.partition, ds.cameras.camera_to_worlds).tolist()
-    n_old = old_pipe.partition.num_blocks
-    rows = []
-    for i in range(len(ds)):
-        cam = ds.cameras[i : i + 1]
-        gt = ds[i]["image"][..., :3]
-        rows.append({
-            "view": Path(ds._dataparser_outputs.image_filenames[i]).name,
-            "looks_at_new_block": homes[i] >= n_old,
-            "old_city_psnr": image_metrics(render(old_pipe, cam).to(gt), gt)["psnr"],
-            "grown_city_psnr": image_metrics(render(grown_pipe, cam).to(gt), gt)["psnr"],
-        })
+    rows = test_view_psnr({"old_city": old_pipe, "grown_city": grown_pipe}, grown_pipe, new_names, render)
 
     def mean(key, new):
-        values = [r[key] for r in rows if r["looks_at_new_block"] == new]
+        values = [r[key] for r in rows if r["new_photo"] == new]
         return float(np.mean(values)) if values else None
 
     result = {
@@ -212,15 +201,53 @@ def city(args) -> Dict:
         "old_blocks_linked_byte_identical": linked_same,
         "old_blocks_solo_renders_bit_identical": solo_same,
         "old_solo_views_checked": len(solo_before),
-        "test_views": {"looking_at_old_blocks": sum(not r["looks_at_new_block"] for r in rows),
-                       "looking_at_new_blocks": sum(r["looks_at_new_block"] for r in rows)},
-        "psnr_old_blocks_views": {"old_city": mean("old_city_psnr", False), "grown_city": mean("grown_city_psnr", False)},
-        "psnr_new_blocks_views": {"old_city": mean("old_city_psnr", True), "grown_city": mean("grown_city_psnr", True)},
+        "test_views": {"old_photos": sum(not r["new_photo"] for r in rows), "new_photos": sum(r["new_photo"] for r in rows)},
+        "psnr_old_photos": {"old_city": mean("old_city", False), "grown_city": mean("grown_city", False)},
+        "psnr_new_photos": {"old_city": mean("old_city", True), "grown_city": mean("grown_city", True)},
         "per_view": rows,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "per_view"}, indent=1))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def test_view_psnr(models, pipe, new_names, render):
+    """PSNR of every test view of `pipe`'s capture for each of `models` (name -> pipeline)."""
+    from mclnf_city.metrics import image_metrics
+
+    ds = pipe.datamanager.eval_dataset
+    rows = []
+    for i in range(len(ds)):
+        cam, gt = ds.cameras[i : i + 1], ds[i]["image"][..., :3]
+        name = Path(ds._dataparser_outputs.image_filenames[i]).name
+        row = {"view": name, "new_photo": name in new_names}
+        for key, model in models.items():
+            row[key] = image_metrics(render(model, cam).to(gt), gt)["psnr"]
+        rows.append(row)
+    return rows
+
+
+def from_scratch(args, grown: Path, new_names, train) -> Dict:
+    """The baseline: the grown capture trained as one city from the start (every block)."""
+    import torch
+
+    trainer, seconds = train(grown, grid=tuple(args.scratch_grid))
+    pipe = trainer.pipeline
+
+    @torch.no_grad()
+    def render(p, cam):
+        p.model.eval()
+        with p.model.every_block_shown():
+            return p.model.get_outputs_for_camera(cam)["rgb"].cpu()
+
+    rows = test_view_psnr({"scratch": pipe}, pipe, new_names, render)
+    mean = lambda new: float(np.mean([r["scratch"] for r in rows if r["new_photo"] == new]))  # noqa: E731
+    result = {"command": " ".join(sys.argv), "steps_per_block": args.steps_per_block, "rays_per_step": args.rays,
+              "from_scratch": {"grid": list(args.scratch_grid), "blocks": pipe.partition.num_blocks, "trained": len(pipe.stream), "seconds": seconds,
+                               "iterations": trainer.config.max_num_iterations},
+              "psnr_old_photos": mean(False), "psnr_new_photos": mean(True), "per_view": rows}
+    print(json.dumps({k: v for k, v in result.items() if k != "per_view"}, indent=1))
     return result
 
 
@@ -238,6 +265,9 @@ def main() -> None:
     parser.add_argument("--steps-per-block", type=int, default=200)
     parser.add_argument("--rays", type=int, default=1024)
     parser.add_argument("--work", type=Path, default=None, help="city: keep the captures and runs here")
+    parser.add_argument("--from-scratch", action="store_true", help="city: instead, train the grown capture as one new city (the baseline)")
+    parser.add_argument("--scratch-grid", type=int, nargs=2, default=(3, 3),
+                        help="--from-scratch: its grid (3 3 = 9 blocks, as many as the grown city trains in all)")
     args = parser.parse_args()
     result = door(args) if args.part == "door" else city(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
