@@ -182,10 +182,9 @@ class CityLattice:
 
         A cell belongs to the block whose region holds its centre's ground position.
         """
-        nx, ny = partition.grid
         ranges = {}
         for b in blocks:
-            bx, by = divmod(b, ny)
+            bx, by = partition.cell(b)  # a grown city's blocks are not every grid cell
             ci = self._axis_cells(partition.x_edges.numpy(), 0, bx)
             cj = self._axis_cells(partition.y_edges.numpy(), 1, by)
             if ci[1] > ci[0] and cj[1] > cj[0]:
@@ -683,10 +682,10 @@ def export_thumbnails(city: LoadedCity, tile_width: int, tile_height: int, progr
     sheet = Image.new("RGB", (nx * tile_width, ny * tile_height), (40, 40, 40))
     draw = ImageDraw.Draw(sheet)
     statuses = {}
-    for b in track(range(nx * ny), description="rendering blocks", disable=not progress):
+    for b in track(range(city.partition.num_blocks), description="rendering blocks", disable=not progress):
         status = city.store.status(b)
         statuses[str(b)] = status
-        bx, by = divmod(b, ny)
+        bx, by = city.partition.cell(b)  # a grown city leaves some grid cells without a block
         x0, y0 = bx * tile_width, (ny - 1 - by) * tile_height
         if status == DONE:
             out = city.model.get_outputs_for_camera(look_at_block(city, b, tile_width, tile_height))

@@ -78,9 +78,13 @@ class BlockCache:
         if b in self._blocks:
             self._blocks.move_to_end(b)
             return self._blocks[b]
-        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the stream's RNG alone
-            module = self.make_field()
-        module.load_block_state(self.store.load_block(b), what=f"block {b} ({self.store.root})")
+        state = self.store.load_block(b)
+        # A block keeps the appearance embedding of the capture it was trained on: a grown city's
+        # capture has more images, so the size comes from the block itself. Its random init is
+        # overwritten: build it without touching the stream's random numbers.
+        with torch.random.fork_rng(devices=[]):
+            module = self.make_field(len(state["image_mask"]))
+        module.load_block_state(state, what=f"block {b} ({self.store.root})")
         self.put(b, freeze(module).to(device))
         return self._blocks[b]
 
@@ -114,7 +118,7 @@ class CityModel(Model):
         self.active = BlockField(self.spec, self.num_train_data, impl)
         self.active.load_prior(self.prior)
         self.register_buffer("active_block", torch.tensor(-1))
-        self.frozen = BlockCache(self.store, lambda: BlockField(self.spec, self.num_train_data, impl), self.config.max_loaded_blocks)
+        self.frozen = BlockCache(self.store, lambda num_images: BlockField(self.spec, num_images, impl), self.config.max_loaded_blocks)
         self.done_blocks = set(self.store.done_blocks())
         self._expanded = self.partition.expanded_boxes().float()
         self.uniform_sampler = UniformSampler(num_samples=self.config.num_coarse_samples)
@@ -274,7 +278,10 @@ class CityModel(Model):
     # ------------------------------------------------------------------ rendering
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
         origins, directions = ray_bundle.origins, ray_bundle.directions
-        near, far, hit = self.partition.city_segment(origins, directions)
+        # A block alone is sampled inside its own region, so its renders depend on nothing but the
+        # block (not on the city box, which grows with the city).
+        solo_box = None if self.solo_block is None else self.partition.regions()[self.solo_block]
+        near, far, hit = self.partition.city_segment(origins, directions, solo_box)
         ray_bundle.nears = near[:, None]
         ray_bundle.fars = torch.maximum(far, near + 1e-6)[:, None]
         coarse = self.uniform_sampler(ray_bundle)

@@ -54,7 +54,13 @@ def rays_cross(t_near: Tensor, t_far: Tensor) -> Tensor:
 
 @dataclass
 class BlockPartition:
-    """A grid of blocks in a city frame. Block id = ``ix * ny + iy``."""
+    """A grid of blocks in a city frame.
+
+    By default every cell of the ``x_edges`` x ``y_edges`` grid is a block, id ``ix * ny + iy``.
+    A city grown later (`mclnf_city/grow.py`) lists its blocks in `cells` instead: block b is
+    cell ``cells[b]`` of the (extended) grid, so existing blocks keep their ids and boxes
+    while new ones are appended, and grid cells no block holds are outside the city.
+    """
 
     rotation: Tensor  # [3, 3] world -> city rotation (rows: city x, y, up in world coordinates)
     origin: Tensor  # [3] world position of the city frame origin
@@ -63,15 +69,35 @@ class BlockPartition:
     z_range: Tuple[float, float]  # city-wide height range (ground, top)
     overlap: float  # margin added on each side of a region, city units
     stream_order: List[int]
+    cells: Optional[List[Tuple[int, int]]] = None  # block b = grid cell cells[b]; None: every cell, id ix * ny + iy
 
     @property
     def grid(self) -> Tuple[int, int]:
+        """Cells of the grid along x and y (a grown city may leave some of them without a block)."""
         return len(self.x_edges) - 1, len(self.y_edges) - 1
 
     @property
     def num_blocks(self) -> int:
+        if self.cells is not None:
+            return len(self.cells)
         nx, ny = self.grid
         return nx * ny
+
+    def cell(self, b: int) -> Tuple[int, int]:
+        """Grid cell (ix, iy) of block b."""
+        if self.cells is not None:
+            return tuple(self.cells[b])  # type: ignore[return-value]
+        return divmod(b, self.grid[1])
+
+    def cell_blocks(self) -> Tensor:
+        """[nx, ny] block id of every grid cell, -1 where no block is."""
+        nx, ny = self.grid
+        if self.cells is None:
+            return torch.arange(nx * ny).reshape(nx, ny)
+        table = torch.full((nx, ny), -1, dtype=torch.long)
+        for b, (ix, iy) in enumerate(self.cells):
+            table[ix, iy] = b
+        return table
 
     # ----- frames -----
     def to_city(self, points: Tensor) -> Tensor:
@@ -84,13 +110,11 @@ class BlockPartition:
     # ----- boxes -----
     def regions(self) -> Tensor:
         """[B, 2, 3] region boxes (min, max) in the city frame, without overlap."""
-        nx, ny = self.grid
-        boxes = torch.empty(nx * ny, 2, 3, dtype=self.x_edges.dtype)
-        for ix in range(nx):
-            for iy in range(ny):
-                b = ix * ny + iy
-                boxes[b, 0] = torch.tensor([self.x_edges[ix], self.y_edges[iy], self.z_range[0]])
-                boxes[b, 1] = torch.tensor([self.x_edges[ix + 1], self.y_edges[iy + 1], self.z_range[1]])
+        boxes = torch.empty(self.num_blocks, 2, 3, dtype=self.x_edges.dtype)
+        for b in range(self.num_blocks):
+            ix, iy = self.cell(b)
+            boxes[b, 0] = torch.tensor([self.x_edges[ix], self.y_edges[iy], self.z_range[0]])
+            boxes[b, 1] = torch.tensor([self.x_edges[ix + 1], self.y_edges[iy + 1], self.z_range[1]])
         return boxes
 
     def expanded_boxes(self) -> Tensor:
@@ -101,7 +125,7 @@ class BlockPartition:
         return boxes
 
     def city_box(self) -> Tensor:
-        """[2, 3] the box that holds every region."""
+        """[2, 3] the box that holds every region (the whole grid)."""
         return torch.tensor(
             [[self.x_edges[0], self.y_edges[0], self.z_range[0]], [self.x_edges[-1], self.y_edges[-1], self.z_range[1]]],
             dtype=self.x_edges.dtype,
@@ -123,19 +147,33 @@ class BlockPartition:
         iy = torch.where(p[..., 1] == ye[-1], torch.full_like(iy, ny - 1), iy)
         inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
         inside &= (p[..., 2] >= self.z_range[0]) & (p[..., 2] <= self.z_range[1])
-        return torch.where(inside, ix * ny + iy, torch.full_like(ix, -1))
+        if self.cells is None:
+            return torch.where(inside, ix * ny + iy, torch.full_like(ix, -1))
+        table = self.cell_blocks().to(ix.device)
+        ids = table[ix.clamp(0, nx - 1), iy.clamp(0, ny - 1)]
+        return torch.where(inside, ids, torch.full_like(ix, -1))
 
     def block_of_xy(self, points: Tensor) -> Tensor:
-        """Block whose ground footprint is nearest each world point (clamped to the grid)."""
+        """Block whose ground footprint is nearest each world point (clamped to the grid; in a
+        grown city, a grid cell without a block gives the block whose centre is nearest)."""
         p = self.to_city(points)
         nx, ny = self.grid
         ix = (torch.searchsorted(self.x_edges.to(p), p[..., 0].contiguous(), right=True) - 1).clamp(0, nx - 1)
         iy = (torch.searchsorted(self.y_edges.to(p), p[..., 1].contiguous(), right=True) - 1).clamp(0, ny - 1)
-        return ix * ny + iy
+        if self.cells is None:
+            return ix * ny + iy
+        ids = self.cell_blocks().to(ix.device)[ix, iy]
+        missing = ids < 0
+        if missing.any():
+            centres = self.regions().mean(1)[:, :2].to(p)
+            nearest = torch.cdist(p[missing][:, :2].reshape(-1, 2), centres).argmin(-1)
+            ids = ids.clone()
+            ids[missing] = nearest.to(ids)
+        return ids
 
-    def city_segment(self, origins: Tensor, directions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """Where world rays cross the city box: (near [N], far [N], hit [N] bool)."""
-        box = self.city_box().to(origins)
+    def city_segment(self, origins: Tensor, directions: Tensor, box: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """Where world rays cross the city box (or `box`, [2, 3] in the city frame): (near [N], far [N], hit [N] bool)."""
+        box = (self.city_box() if box is None else box).to(origins)
         t_near, t_far = ray_box_intersect(self.to_city(origins), self.dirs_to_city(directions), box[0:1], box[1:2])
         t_near, t_far = t_near[:, 0].clamp_min(0.0), t_far[:, 0]
         hit = t_far > t_near
@@ -157,6 +195,7 @@ class BlockPartition:
             "z_range": list(self.z_range),
             "overlap": self.overlap,
             "stream_order": list(self.stream_order),
+            **({"cells": [list(c) for c in self.cells]} if self.cells is not None else {}),
         }
 
     @classmethod
@@ -170,6 +209,7 @@ class BlockPartition:
             z_range=(float(d["z_range"][0]), float(d["z_range"][1])),
             overlap=float(d["overlap"]),
             stream_order=[int(b) for b in d["stream_order"]],
+            cells=[(int(c[0]), int(c[1])) for c in d["cells"]] if d.get("cells") is not None else None,
         )
 
     def save(self, path: Path) -> None:

@@ -24,7 +24,7 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.pipelines.base_pipeline import Pipeline, VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from mclnf_city import distributed
+from mclnf_city import distributed, grow
 from mclnf_city.capture import check_cameras, check_capture
 from mclnf_city.datamanager import CityDataManagerConfig
 from mclnf_city.fields import BlockField, BlockFieldSpec
@@ -32,7 +32,7 @@ from mclnf_city.fisher import FisherConfig, fisher_loss_weights
 from mclnf_city.metrics import image_metrics, lpips_status
 from mclnf_city.model import CityModelConfig
 from mclnf_city.partition import estimate_partition, look_blocks, partition_table
-from mclnf_city.store import ACTIVE, DONE, EMPTY, CityStore, StoreError, atomic_write_bytes, load_checked, sha256
+from mclnf_city.store import ACTIVE, DONE, EMPTY, StoreError, atomic_write_bytes, load_checked, sha256
 from mclnf_city.viewer import CityViewer
 
 
@@ -95,6 +95,10 @@ class CityPipelineConfig(VanillaPipelineConfig):
     """Cameras farther from the median camera than this many median camera distances are reported as broken poses."""
     blocks_per_wave: Optional[int] = None
     """Blocks trained side by side as one wave; a block sees (as frozen context) only blocks of earlier waves. Default: the number of processes (--machine.num-devices x --machine.num-machines), i.e. 1 on one process. One process with the value of a distributed run trains the same blocks."""
+    grow_city: Optional[Path] = None
+    """Grow a trained city: the store of the run that trained it (<old run>/city). --data is that city's capture grown by new photos (mclnf-process NEW OUT --register-into OLD_CAPTURE); blocks are added where the newest photos look beyond the city (same block size, height range and overlap) and only they train, from the city's stored prior. The old blocks are linked unchanged into this run's store and never retrained; the old run stays as it was."""
+    recapture_blocks: Tuple[int, ...] = ()
+    """With --pipeline.grow-city: re-capture these blocks instead of adding new ones. Each trains again, from the city's prior, on the newest photos only (the last capture registered into --data), as a new version (blocks/block_NNN_vK.pt); the old version stays in service until the new one is stored, and a run stopped before that leaves it in service."""
 
 
 class CityPipeline(VanillaPipeline):
@@ -112,17 +116,20 @@ class CityPipeline(VanillaPipeline):
         Pipeline.__init__(self)
         self.config, self.test_mode, self.world_size = config, test_mode, world_size
         self.rank = distributed.rank()
+        if world_size > 1 and (config.grow_city is not None or config.recapture_blocks):
+            raise ValueError("--pipeline.grow-city and --pipeline.recapture-blocks train on one process for now")
         data = config.datamanager.data or config.datamanager.dataparser.data
         check_capture(config.datamanager.dataparser, data)
-        self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=1, local_rank=0)
+        with grow.city_frame(config):  # a grown city's capture is parsed in the city's frame (grow.py)
+            self.datamanager = config.datamanager.setup(device=device, test_mode=test_mode, world_size=1, local_rank=0)
         self.datamanager.to(device)
         outputs = self.datamanager.train_dataparser_outputs
         c2w = outputs.cameras.camera_to_worlds
         check_cameras(c2w, outputs.image_filenames)
         if config.store_dir is None:
             raise ValueError("--pipeline.store-dir is not set (ns-train mclnf-city sets it to <run dir>/city)")
-        self.store = CityStore(config.store_dir)
         training = test_mode == "val"  # ns-train; ns-eval/ns-render/ns-export use "test"/"inference"
+        self.store = grow.open_store(config, outputs, training)  # CityStore(config.store_dir) unless --pipeline.grow-city
 
         if training and world_size > 1:  # rank 0 creates the city, the others then read it
             if self.rank == 0 and not self.store.exists:
@@ -153,6 +160,7 @@ class CityPipeline(VanillaPipeline):
                 images = {b: int(m.sum()) for b, m in masks.items()}
                 CONSOLE.print(partition_table(partition, images, rays))
         self.stream: List[int] = [b for b in partition.stream_order if self.store.status(b) != EMPTY]
+        grow.prepare_run(self, masks)  # a grown city's run: its own blocks only (no-op otherwise)
         if training and not self.stream:
             raise StoreError("every block is empty: no block has enough training rays to train")
         wave = config.blocks_per_wave or world_size
@@ -210,6 +218,7 @@ class CityPipeline(VanillaPipeline):
         for b, why in empty.items():
             CONSOLE.print(f"[yellow]block {b} skipped: {why}")
         info = {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block}
+        info.update(grow.frame_info(self.datamanager.dataparser))  # so that the city can grow later
         self.store.create(partition, empty, info)
         partition.save(self.store.root / "partition.json")
         return partition
@@ -300,10 +309,12 @@ class CityPipeline(VanillaPipeline):
         return self.schedule[min(step // self.config.steps_per_block, len(self.schedule) - 1)]
 
     def context_blocks(self, b: int) -> List[int]:
-        """Finished blocks that answer for their own regions while b trains: those of earlier waves."""
+        """Finished blocks that answer for their own regions while b trains: those of earlier waves,
+        and those trained before this run."""
         wave = self.slots_per_wave * self.world_size
-        first = self.stream.index(b) // wave * wave
-        return [c for c in self.stream[:first] if self.store.status(c) == DONE]
+        earlier = set(self.stream[: self.stream.index(b) // wave * wave])
+        # Blocks outside this run's stream were trained before it (a grown city's old blocks).
+        return [c for c in self.store.done_blocks() if c in earlier or c not in self.stream]
 
     def resume_step(self) -> int:
         """First step of the first wave with an unfinished block (where a multi-process run resumes)."""

@@ -61,6 +61,9 @@ class ProcessOptions:
     keep_database: bool = False
     verbose: bool = False
     quiet: bool = False
+    register_into: Optional[Path] = None  # an existing capture: register the new photos into its frame (register.py)
+    name_prefix: str = ""  # --register-into: new photos are stored as images/<prefix><name>
+    min_registered: int = 3  # --register-into: fail when fewer new photos register
 
 
 @dataclass
@@ -925,11 +928,17 @@ def validate_options(options: ProcessOptions) -> None:
         raise CaptureError(f"{options.output}: already exists; pass --overwrite to replace it")
     if Path(options.output).resolve() == Path(options.input).resolve():
         raise CaptureError(f"{options.output}: output must differ from the input")
+    if options.min_registered < 1:
+        raise CaptureError(f"--min-registered must be at least 1, got {options.min_registered}")
 
 
 def process(options: ProcessOptions) -> ProcessSummary:
     """Run the whole pipeline; raises CaptureError with a clear message on bad input."""
     validate_options(options)
+    if options.register_into is not None:
+        from mclnf_city.register import register_into
+
+        return register_into(options)
     reporter = Reporter(quiet=options.quiet)
     configure_colmap_logging(options.verbose)
     output = Path(options.output)
@@ -1046,6 +1055,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="incremental mapping runs (seeds seed, seed+1, ...) until every image registers; the best model is kept")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--keep-database", action="store_true", help="keep colmap/database.db (features and matches)")
+    grow = p.add_argument_group(
+        "growing a city",
+        "With --register-into CAPTURE, the photos are registered into CAPTURE's frame (a capture made by "
+        "mclnf-process): CAPTURE's cameras keep their poses exactly, the new ones land in the same city frame. "
+        "OUTPUT is CAPTURE grown by the registered photos (CAPTURE's files hard-linked when possible, new frames "
+        "marked \"capture\": k in transforms.json); train its new blocks with "
+        "`ns-train mclnf-city --data OUTPUT --pipeline.grow-city OLD_RUN/city`.",
+    )
+    grow.add_argument("--register-into", type=Path, default=None, metavar="CAPTURE",
+                      help="register the photos into this existing capture instead of starting a new one")
+    grow.add_argument("--name-prefix", default="", help="store the new photos as images/<prefix><name> (needed when names clash with CAPTURE's)")
+    grow.add_argument("--min-registered", type=int, default=3,
+                      help="fail (writing nothing) when fewer of the new photos register (capped at their number)")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p

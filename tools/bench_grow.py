@@ -1,0 +1,279 @@
+"""Growing a city, measured: registration on real photos, and a generated city grown by a neighbouring area.
+
+door (real photos, ground truth): a city capture is made from lund_door's DSC_0001-0008
+(`mclnf-process`), DSC_0009-0012 are registered into it (`--register-into`); all twelve poses
+are compared with the ground-truth model after a similarity fit (as tools/bench_process.py does),
+and the capture's own eight are checked to be unchanged.
+
+city (generated, 3x2 blocks): the cameras west of a street are the old capture, the whole city is
+the grown one (eastern frames marked capture 1, as --register-into marks them). The old city is
+trained, then grown (`--pipeline.grow-city`). Recorded: which blocks were added, the old block
+files' SHA-256 before and after, old blocks' solo renders on their test views (bit for bit), test
+PSNR of the old and the grown city on every test view of the grown capture (split into views of
+the old and of the new photos), and wall times. --from-scratch trains the grown capture as one new
+city instead (the baseline: every block, all photos from the start).
+
+    python tools/bench_grow.py door --out docs/bench_grow_door.json
+    python tools/bench_grow.py city --steps-per-block 200 --out docs/bench_grow_city.json
+    python tools/bench_grow.py city --steps-per-block 200 --from-scratch --out docs/bench_grow_scratch.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def door(args) -> Dict:
+    from bench_process import compare_poses, default_data_dir, poses_from_colmap, poses_from_transforms
+
+    from mclnf_city.process import ProcessOptions, process
+
+    data = (args.data or default_data_dir()) / "lund_door"
+    work = Path(tempfile.mkdtemp(prefix="bench_grow_door_"))
+    try:
+        old_photos, new_photos = work / "old_photos", work / "new_photos"
+        old_photos.mkdir()
+        new_photos.mkdir()
+        for p in sorted((data / "images").glob("*.JPG")):
+            shutil.copy(p, (old_photos if int(p.stem[-4:]) <= 8 else new_photos) / p.name)
+        start = time.perf_counter()
+        city = process(ProcessOptions(input=old_photos, output=work / "city", max_size=args.max_size, threads=args.threads))
+        city_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        grown = process(ProcessOptions(input=new_photos, output=work / "grown", max_size=args.max_size, threads=args.threads,
+                                       register_into=work / "city"))
+        grown_seconds = time.perf_counter() - start
+        truth = poses_from_colmap(data / "sparse" / "0")
+        ours = poses_from_transforms(work / "grown" / "transforms.json")
+        before = poses_from_transforms(work / "city" / "transforms.json")
+        unchanged = all(np.array_equal(before[n][0], ours[n][0]) and np.array_equal(before[n][1], ours[n][1]) for n in before)
+        all_twelve = compare_poses(ours, truth)
+        new_names = sorted(p.name for p in new_photos.iterdir())
+        result = {
+            "max_size": args.max_size,
+            "city": {"registered": city.registered, "images_in": city.images_in, "seconds": city_seconds,
+                     "accuracy": {k: v for k, v in compare_poses(before, truth).items() if k != "per_image"}},
+            "registration": {"registered": grown.registered, "images_in": grown.images_in, "seconds": grown_seconds,
+                             "stage_seconds": grown.stage_seconds, "mean_reprojection_error": grown.mean_reprojection_error,
+                             "mapping": grown.mapping},
+            "old_poses_unchanged_bit_for_bit": unchanged,
+            "accuracy_all": {k: v for k, v in all_twelve.items() if k != "per_image"},
+            "accuracy_new": {
+                "max_rotation_deg": max(all_twelve["per_image"][n]["rotation_deg"] for n in new_names if n in all_twelve["per_image"]),
+                "max_centre_error_fraction": max(all_twelve["per_image"][n]["centre_error_fraction"] for n in new_names if n in all_twelve["per_image"]),
+            },
+            # the city frame is fixed by the capture's own cameras: align on them only, measure the new ones
+            "accuracy_new_aligned_on_old": aligned_on(ours, truth, sorted(before), new_names),
+            "per_image": all_twelve["per_image"],
+        }
+        print(json.dumps({k: v for k, v in result.items() if k != "per_image"}, indent=1))
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def aligned_on(ours, truth, fit_names, test_names) -> Dict:
+    """Errors of `test_names` after a similarity fitted on `fit_names` only (centres, Umeyama)."""
+    from mclnf_city.process import umeyama
+
+    scale, rot, t = umeyama(np.array([ours[n][1] for n in fit_names]), np.array([truth[n][1] for n in fit_names]))
+    all_gt = np.array([c for _, c in truth.values()])
+    extent = float(max(np.linalg.norm(a - b) for a in all_gt for b in all_gt))
+    out = {}
+    for n in test_names:
+        rel = truth[n][0].T @ (rot @ ours[n][0])
+        angle = float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1.0, 1.0))))
+        out[n] = {"rotation_deg": angle, "centre_error_fraction": float(np.linalg.norm(scale * rot @ ours[n][1] + t - truth[n][1]) / extent)}
+    return {"max_rotation_deg": max(v["rotation_deg"] for v in out.values()),
+            "max_centre_error_fraction": max(v["centre_error_fraction"] for v in out.values()), "per_image": out}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def city(args) -> Dict:
+    import torch
+
+    from city_runs import preset_config, setup_trainer
+    from make_city import generate_city
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_grow_city_"))
+    full = generate_city(work / "full", seed=args.seed, progress=False, verbose=False, blocks_x=3, blocks_y=2,
+                         image_width=args.width, image_height=args.height)
+    meta = json.loads((full / "transforms.json").read_text())
+    frames = meta.pop("frames")
+    west = [f for f in frames if f["transform_matrix"][0][3] < args.split_x]
+
+    def capture(name, chosen, keep_x=None):
+        dst = work / name
+        (dst / "images").mkdir(parents=True)
+        for f in chosen:
+            os.link(full / f["file_path"], dst / f["file_path"])
+        from plyfile import PlyData, PlyElement
+
+        vertex = PlyData.read(str(full / "sparse_pc.ply"))["vertex"].data
+        keep = vertex if keep_x is None else vertex[vertex["x"] < keep_x]
+        PlyData([PlyElement.describe(keep, "vertex")]).write(str(dst / "sparse_pc.ply"))
+        (dst / "transforms.json").write_text(json.dumps({**meta, "frames": chosen}, indent=1))
+        return dst
+
+    old = capture("old", west, keep_x=args.split_x)
+    grown = capture("grown", [f if f in west else {**f, "capture": 1} for f in frames])
+    new_names = {Path(f["file_path"]).name for f in frames if f not in west}
+
+    def train(data, **pipeline):
+        config = preset_config("mclnf-city-tiny", data, work / "runs", args.steps_per_block, rays=args.rays, **pipeline)
+        start = time.perf_counter()
+        trainer = setup_trainer(config)
+        trainer.train()
+        return trainer, time.perf_counter() - start
+
+    if args.from_scratch:
+        return from_scratch(args, grown, new_names, train)
+    old_trainer, old_seconds = train(old)
+    old_pipe = old_trainer.pipeline
+    old_store = old_pipe.store.root
+    files_before = {p.relative_to(old_store).as_posix(): _sha(p) for p in sorted(old_store.rglob("*.pt"))}
+
+    def camera(pipe, name):
+        for ds in (pipe.datamanager.eval_dataset, pipe.datamanager.train_dataset):
+            names = [Path(n).name for n in ds._dataparser_outputs.image_filenames]
+            if name in names:
+                i = names.index(name)
+                return ds.cameras[i : i + 1]
+        raise KeyError(name)
+
+    @torch.no_grad()
+    def render(pipe, cam, solo=None):
+        pipe.model.eval()
+        pipe.model.solo_block = solo
+        try:
+            with pipe.model.every_block_shown():
+                return pipe.model.get_outputs_for_camera(cam)["rgb"].cpu()
+        finally:
+            pipe.model.solo_block = None
+
+    eval_names = [Path(n).name for n in old_pipe.datamanager.eval_dataset._dataparser_outputs.image_filenames]
+    groups = {b: [eval_names[i] for i in v] for b, v in old_pipe.test_views_by_block().items()}
+    solo_before = {(b, n): render(old_pipe, camera(old_pipe, n), b) for b in old_pipe.store.done_blocks() for n in groups.get(b, [])}
+
+    grown_trainer, grown_seconds = train(grown, grow_city=old_store)
+    grown_pipe = grown_trainer.pipeline
+    manifest = grown_pipe.store.manifest
+    files_after = {p.relative_to(old_store).as_posix(): _sha(p) for p in sorted(old_store.rglob("*.pt"))}
+    linked_same = all(_sha(grown_pipe.store.root / rel) == sha for rel, sha in files_before.items())
+    grown_pipe.model.frozen._blocks.clear()
+    solo_same = all(torch.equal(render(grown_pipe, camera(grown_pipe, n), b), before) for (b, n), before in solo_before.items())
+
+    # every test view of the grown capture, rendered by the old city and by the grown one
+    rows = test_view_psnr({"old_city": old_pipe, "grown_city": grown_pipe}, grown_pipe, new_names, render)
+
+    def mean(key, new):
+        values = [r[key] for r in rows if r["new_photo"] == new]
+        return float(np.mean(values)) if values else None
+
+    result = {
+        "command": " ".join(sys.argv),
+        "capture": {"seed": args.seed, "blocks": [3, 2], "image_size": [args.width, args.height], "frames": len(frames),
+                    "old_frames": len(west), "new_frames": len(frames) - len(west)},
+        "steps_per_block": args.steps_per_block, "rays_per_step": args.rays,
+        "old_city": {"blocks": old_pipe.partition.num_blocks, "trained": len(old_pipe.stream), "seconds": old_seconds},
+        "grown_city": {"blocks": grown_pipe.partition.num_blocks, "new_blocks": manifest["grow"]["new_blocks"],
+                       "trained": grown_pipe.stream, "seconds": grown_seconds,
+                       "iterations": grown_trainer.config.max_num_iterations},
+        "old_store_unchanged": files_before == files_after,
+        "old_blocks_linked_byte_identical": linked_same,
+        "old_blocks_solo_renders_bit_identical": solo_same,
+        "old_solo_views_checked": len(solo_before),
+        "test_views": {"old_photos": sum(not r["new_photo"] for r in rows), "new_photos": sum(r["new_photo"] for r in rows)},
+        "psnr_old_photos": {"old_city": mean("old_city", False), "grown_city": mean("grown_city", False)},
+        "psnr_new_photos": {"old_city": mean("old_city", True), "grown_city": mean("grown_city", True)},
+        "per_view": rows,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "per_view"}, indent=1))
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def test_view_psnr(models, pipe, new_names, render):
+    """PSNR of every test view of `pipe`'s capture for each of `models` (name -> pipeline)."""
+    from mclnf_city.metrics import image_metrics
+
+    ds = pipe.datamanager.eval_dataset
+    rows = []
+    for i in range(len(ds)):
+        cam, gt = ds.cameras[i : i + 1], ds[i]["image"][..., :3]
+        name = Path(ds._dataparser_outputs.image_filenames[i]).name
+        row = {"view": name, "new_photo": name in new_names}
+        for key, model in models.items():
+            row[key] = image_metrics(render(model, cam).to(gt), gt)["psnr"]
+        rows.append(row)
+    return rows
+
+
+def from_scratch(args, grown: Path, new_names, train) -> Dict:
+    """The baseline: the grown capture trained as one city from the start (every block)."""
+    import torch
+
+    trainer, seconds = train(grown, grid=tuple(args.scratch_grid))
+    pipe = trainer.pipeline
+
+    @torch.no_grad()
+    def render(p, cam):
+        p.model.eval()
+        with p.model.every_block_shown():
+            return p.model.get_outputs_for_camera(cam)["rgb"].cpu()
+
+    rows = test_view_psnr({"scratch": pipe}, pipe, new_names, render)
+    mean = lambda new: float(np.mean([r["scratch"] for r in rows if r["new_photo"] == new]))  # noqa: E731
+    result = {"command": " ".join(sys.argv), "steps_per_block": args.steps_per_block, "rays_per_step": args.rays,
+              "from_scratch": {"grid": list(args.scratch_grid), "blocks": pipe.partition.num_blocks, "trained": len(pipe.stream), "seconds": seconds,
+                               "iterations": trainer.config.max_num_iterations},
+              "psnr_old_photos": mean(False), "psnr_new_photos": mean(True), "per_view": rows}
+    print(json.dumps({k: v for k, v in result.items() if k != "per_view"}, indent=1))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("door", "city"))
+    parser.add_argument("--out", type=Path, required=True, help="JSON written here")
+    parser.add_argument("--data", type=Path, default=None, help="door: folder holding lund_door/ (default: the shared data)")
+    parser.add_argument("--max-size", type=int, default=800, help="door: long side of the photos")
+    parser.add_argument("--threads", type=int, default=-1, help="door: pycolmap threads")
+    parser.add_argument("--seed", type=int, default=900, help="city: make_city seed")
+    parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--height", type=int, default=72)
+    parser.add_argument("--split-x", type=float, default=26.0, help="city: cameras west of this x (m) are the old capture")
+    parser.add_argument("--steps-per-block", type=int, default=200)
+    parser.add_argument("--rays", type=int, default=1024)
+    parser.add_argument("--work", type=Path, default=None, help="city: keep the captures and runs here")
+    parser.add_argument("--from-scratch", action="store_true", help="city: instead, train the grown capture as one new city (the baseline)")
+    parser.add_argument("--scratch-grid", type=int, nargs=2, default=(3, 3),
+                        help="--from-scratch: its grid (3 3 = 9 blocks, as many as the grown city trains in all)")
+    args = parser.parse_args()
+    result = door(args) if args.part == "door" else city(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
