@@ -1,7 +1,7 @@
 """Scale in simulation: stream a 64-block generated city through the real training code and
 measure what grows with the city and what must not; then render time against city size.
 
-One command, one machine, one run (about 12 minutes on the 2-core CPU machine):
+One command, one machine, one run (17 minutes on one core of the 2-core CPU machine):
 
     OMP_NUM_THREADS=1 python tools/bench_scale.py --out docs/bench_scale.json
 
@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -274,8 +274,9 @@ def stream_city(args, data: Path, work: Path, sampler: RssSampler) -> Tuple[obje
     dm = pipeline.datamanager
     capture_bytes = {"pixel_colours": dm.colors.numel() * dm.colors.element_size(),
                      "pixel_block_index": sum(p.numel() * p.element_size() for p in dm.block_pixels.values())}
-    # RSS after block k, once the cache is full: a straight-line fit, MB per finished block.
-    tail = [r for r in blocks if r["index"] >= args.max_loaded_blocks]
+    # RSS after block k, once the cache is full (with a cache as large as the city: the second half,
+    # cached blocks included): a straight-line fit, MB per finished block.
+    tail = [r for r in blocks if r["index"] >= min(args.max_loaded_blocks, len(blocks) // 2)]
     slope = float(np.polyfit([r["index"] for r in tail], [r["rss_mb"] for r in tail], 1)[0]) if len(tail) > 2 else None
     disk = {
         "block_file_bytes": {str(b): n for b, n in files.items()},
@@ -315,7 +316,7 @@ def stream_city(args, data: Path, work: Path, sampler: RssSampler) -> Tuple[obje
         "rss_mb": {"before_setup": rss_before_setup, "after_setup": rss_after_setup,
                    "peak_sampled": sampler.peak(), "hwm_end": proc_status_mb()["VmHWM"],
                    "slope_mb_per_block_after_cache_full": slope,
-                   "after_block": [{k: r[k] for k in ("index", "block", "rss_mb", "cached", "loads_so_far")} for r in blocks]},
+                   "after_block": [{k: r[k] for k in ("index", "block", "rss_mb", "cached", "loads_so_far", "t")} for r in blocks]},
         "capture_bytes_in_datamanager": capture_bytes,
         "disk": disk,
         "steps": [{"step": s["step"], "s": round(s["s"], 4), "loads": s["loads"]} for s in steps],
@@ -351,7 +352,8 @@ def render_scaling(pipeline, args) -> List[Dict]:
     probe = CacheProbe(model)
     rows = []
     sizes = [(n, args.max_loaded_blocks) for n in args.render_sizes]
-    sizes.append((max(args.render_sizes), max(args.render_sizes)))  # control: a cache as large as the city
+    if max(args.render_sizes) > args.max_loaded_blocks:
+        sizes.append((max(args.render_sizes), max(args.render_sizes)))  # control: a cache as large as the city
     try:
         for n, capacity in sizes:
             model.done_blocks = set(centre_square(pipeline.partition, n)) & all_done
@@ -418,8 +420,8 @@ def full_preset_steps(args, data: Path, work: Path) -> Dict:
 
 
 # ---------------------------------------------------------------------- projection
-def projection(args, stream: Dict, full: Optional[Dict]) -> Dict:
-    """Per-block costs measured here, scaled to --area-km2 with the assumptions listed in the result."""
+def projection(args, stream: Dict, full: Dict) -> Dict:
+    """Per-block costs measured here (mclnf-city preset), scaled to --area-km2 with the assumptions listed in the result."""
     a = {
         "area_km2": args.area_km2,
         "block_edge_m": args.block_edge_m,
@@ -432,20 +434,18 @@ def projection(args, stream: Dict, full: Optional[Dict]) -> Dict:
     }
     blocks = int(math.ceil(args.area_km2 * 1e6 / args.block_edge_m**2))
     images = blocks * a["images_per_block"]
-    if full is not None:
-        fixed = sum(v for k, v in full["block_tensor_bytes"].items() if k in ("hash_grid", "heads_and_geometry"))
-        s_step_cpu = full["s_per_step_median"]
-    else:  # tiny preset only
-        fixed = sum(v for k, v in stream["disk"]["block_tensor_bytes"].items() if k in ("hash_grid", "heads_and_geometry"))
-        s_step_cpu = stream["s_per_step_median"]
-    groups = stream["disk"]["block_tensor_bytes"]
-    per_image = full["appearance_bytes_per_image"] if full else (groups.get("appearance_embedding", 0) + groups["image_mask"]) / stream["train_images"]
+    fixed = sum(v for k, v in full["block_tensor_bytes"].items() if k in ("hash_grid", "heads_and_geometry"))
+    s_step_cpu = full["s_per_step_median"]
+    per_image = full["appearance_bytes_per_image"]
     block_now = fixed + per_image * images  # today every block stores an embedding row for every image of the capture
     block_own = fixed + per_image * a["images_per_block"]  # if it stored only its own images
     gpu_s_per_block = a["steps_per_block"] * s_step_cpu / args.gpu_speedup
-    # RAM per worker: what this run held that is not capture- or cache-sized, plus the cache, plus one block's pixels.
+    # RAM per worker: what this run held while training that is not capture- or cache-sized, plus the
+    # cache and one block's pixels. Not the set-up peak: pixel assignment tests every pixel against
+    # every block (chunk x blocks), which a worker holding one block would not do.
     cap = stream["capture_bytes_in_datamanager"]
-    base_mb = stream["rss_mb"]["peak_sampled"] - (cap["pixel_colours"] + cap["pixel_block_index"]) / MB
+    training_mb = max(r["rss_mb"] for r in stream["rss_mb"]["after_block"])
+    base_mb = training_mb - (cap["pixel_colours"] + cap["pixel_block_index"]) / MB - args.max_loaded_blocks * stream["disk"]["block_file_mean_bytes"] / MB
     assignments_per_pixel = cap["pixel_block_index"] / 8 / (cap["pixel_colours"] / 3)  # a pixel's ray crosses this many blocks
     block_pool = args.images_per_block * args.pixels_per_image * assignments_per_pixel  # training pixels of one block
     return {
@@ -471,7 +471,7 @@ def print_tables(result: Dict) -> None:
     s, disk = result["stream"], result["stream"]["disk"]
     rss = s["rss_mb"]
     after = {r["index"] + 1: r["rss_mb"] for r in rss["after_block"]}
-    marks = [k for k in (1, s["max_loaded_blocks"], s["blocks"] // 2, s["blocks"]) if k in after]
+    marks = sorted({k for k in (1, s["max_loaded_blocks"], s["blocks"] // 2, s["blocks"]) if k in after})
     rows = [
         ("blocks (grid)", f"{s['blocks']} ({s['grid'][0]}x{s['grid'][1]}), block edge {s['block_edge_m']:.0f} m"),
         ("train images / test images", f"{s['train_images']} / {s['test_images']}"),
@@ -480,7 +480,7 @@ def print_tables(result: Dict) -> None:
         ("s per training step (median)", f"{s['s_per_step_median']:.3f} s at {s['rays_per_step']} rays"),
         ("s per block (manifest, median / max)", f"{s['block_seconds_manifest']['median']:.1f} / {s['block_seconds_manifest']['max']:.1f}"),
         ("RSS after block " + ", ".join(map(str, marks)), " / ".join(f"{after[k]:,.0f}" for k in marks) + " MB"),
-        ("RSS slope once the cache is full", f"{rss['slope_mb_per_block_after_cache_full']:+.2f} MB per block"),
+        ("RSS slope once the cache is full", f"{rss['slope_mb_per_block_after_cache_full'] or 0:+.2f} MB per block"),
         ("peak RSS (sampled) / VmHWM", f"{rss['peak_sampled']:,.0f} / {rss['hwm_end']:,.0f} MB"),
         ("disk per block / manifest", f"{disk['block_file_mean_bytes'] / MB:.2f} MB / {disk['manifest_bytes'] / 1024:.0f} KB"),
         ("block reads from disk: stream / training steps", f"{s['reads_from_disk_while_training']:,} / {s['reads_in_training_steps']:,} ({s['reads_per_step_mean']:.2f} per step)"),
@@ -503,6 +503,8 @@ def print_tables(result: Dict) -> None:
         per = f"{c['ms_per_read']:.1f}" if c["ms_per_read"] else "-"
         print(f"{r['view']:20s} {r['city_blocks']:6d} {r['cache']:5d} {c['blocks_touched']:7d} {c['ms']:8.0f} {c['reads']:5d} {per:>7s} {w['ms']:8.0f} {w['reads']:5d}")
     p = result["projection"]
+    if p is None:
+        return
     a = p["assumptions"]
     print(f"\nprojection to {a['area_km2']} km2 ({a['block_edge_m']} m blocks, GPU = {a['gpu_speedup_vs_this_cpu']}x this CPU, {a['gpus']} GPUs):")
     print(f"  {p['blocks']:,} blocks, {p['gpu_hours_total']:,.0f} GPU-hours ({p['wall_hours_on_gpus']:.1f} h on {a['gpus']} GPUs), "
@@ -567,10 +569,10 @@ def main() -> None:
         "full_preset": full,
         "rss_samples": sampler.samples[:: max(1, int(round(1.0 / args.sample_interval)))],  # about one a second
     }
-    result["projection"] = projection(args, stream, full)
-    print_tables(result)
+    result["projection"] = projection(args, stream, full) if full else None  # the projection is for the mclnf-city preset
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    print_tables(result)
     print(f"\nwrote {args.out}")
 
 
