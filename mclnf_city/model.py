@@ -55,8 +55,8 @@ class CityModelConfig(ModelConfig):
     """Uniform samples per ray inside the city box (density only, no gradient)."""
     num_fine_samples: int = 32
     """Importance samples per ray, drawn from the coarse weights (rendered with the coarse ones)."""
-    max_loaded_blocks: int = 8
-    """Finished blocks kept in memory at once (least recently used are dropped and re-read)."""
+    max_loaded_blocks: int = 64
+    """Finished blocks kept in memory at once (least recently used are dropped and re-read). It must hold the blocks one training batch touches, or every step re-reads them from disk (4.8x slower steps at 8 in a 64-block city: tools/bench_scale.py); a block is about 3 MB."""
     eval_num_rays_per_chunk: int = 4096
     """Rays rendered at once when rendering whole images."""
 

@@ -1,0 +1,85 @@
+"""Block-parallel training: wall time of N processes against one, and whether the blocks agree.
+
+    python tools/bench_parallel.py --data assets/demo_city --steps-per-block 150 --out docs/bench_parallel.json
+
+Runs `ns-train mclnf-city-tiny` three ways on the same capture, one after another:
+1. one process, one block per wave (the default stream: every block sees all earlier blocks);
+2. one process, waves of N blocks (`--pipeline.blocks-per-wave N`): the reference of 3;
+3. N processes (`--machine.num-devices N`, gloo on the CPU), one block each per wave.
+Reports the wall time of each run (process start to exit: set-up, training, per-block
+evaluation and the city report), test PSNR, and the largest difference between the blocks of
+runs 2 and 3 (zero when the processes train bit for bit what one process trains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(data: Path, out: Path, steps: int, extra: list) -> dict:
+    cmd = [str(Path(sys.executable).parent / "ns-train"), "mclnf-city-tiny", "--data", str(data), "--output-dir", str(out),
+           "--timestamp", "run", "--vis", "tensorboard", "--machine.device-type", "cpu",
+           "--pipeline.steps-per-block", str(steps), *extra]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    run_dir = next(out.glob("*/mclnf-city-tiny/run"))
+    report = json.loads((run_dir / "city" / "report" / "metrics.json").read_text())
+    return {"command": " ".join(["ns-train", *cmd[1:]]), "wall_s": seconds, "test_psnr": report["mean"]["psnr"],
+            "store": str(run_dir / "city")}
+
+
+def largest_block_difference(store_a: str, store_b: str) -> float:
+    from mclnf_city.store import CityStore
+
+    a, b = CityStore(Path(store_a)), CityStore(Path(store_b))
+    assert sorted(a.done_blocks()) == sorted(b.done_blocks())
+    worst = 0.0
+    for block in a.done_blocks():
+        x, y = a.load_block(block), b.load_block(block)
+        worst = max([worst] + [float((x[k].double() - y[k].double()).abs().max()) for k in x if x[k].numel()])
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT / "assets" / "demo_city", help="nerfstudio capture")
+    parser.add_argument("--steps-per-block", type=int, default=150, help="training steps of every block")
+    parser.add_argument("--processes", type=int, default=2, help="N: processes of the parallel run (and its wave size)")
+    parser.add_argument("--out", type=Path, default=Path("bench_parallel.json"), help="JSON written here")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_parallel_"))
+    n = str(args.processes)
+    runs = {
+        "1 process, waves of 1": train(args.data, work / "serial", args.steps_per_block, []),
+        f"1 process, waves of {n}": train(args.data, work / "waves", args.steps_per_block, ["--pipeline.blocks-per-wave", n]),
+        f"{n} processes": train(args.data, work / "parallel", args.steps_per_block, ["--machine.num-devices", n]),
+    }
+    for name, r in runs.items():
+        print(f"{name:24s} {r['wall_s']:7.1f} s  test PSNR {r['test_psnr']:.2f} dB")
+    diff = largest_block_difference(runs[f"1 process, waves of {n}"]["store"], runs[f"{n} processes"]["store"])
+    speedup = runs[f"1 process, waves of {n}"]["wall_s"] / runs[f"{n} processes"]["wall_s"]
+    print(f"{n} processes vs 1 process (same waves): {speedup:.2f}x faster; largest block difference {diff:g}")
+    result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "cpu_count": os.cpu_count(),
+              "torch_threads_one_process": torch.get_num_threads(), "runs": runs,
+              "speedup_same_waves": speedup, "largest_block_difference": diff}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
