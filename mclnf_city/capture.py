@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,13 @@ MIN_FRAMES = 4
 class CaptureError(ValueError):
     """The capture on disk is unusable; the message names the file and the problem."""
 
+
+def read_json(path: Path) -> Dict[str, Any]:
+    """A capture's JSON file (transforms.json), or a CaptureError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise CaptureError(f"{path}: not valid JSON ({e})") from e
 
 def load_image_uint8(path: Path, scale_factor: float = 1.0) -> torch.Tensor:
     """[H, W, 3] uint8, resized like nerfstudio's InputDataset when scale_factor != 1."""
@@ -99,10 +106,7 @@ def check_transforms_json(data: Path) -> None:
         return  # not a nerfstudio-data capture (e.g. colmap layout): nothing to check here
     if not path.exists():
         raise CaptureError(f"{path}: capture not found")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CaptureError(f"{path}: not valid JSON ({e})") from e
+    meta = read_json(path)
     frames = meta.get("frames")
     if not frames or len(frames) < MIN_FRAMES:
         # nerfstudio's parser divides by the pose spread: one camera is a ZeroDivisionError there.

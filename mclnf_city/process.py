@@ -885,6 +885,13 @@ def publish(tmp: Path, output: Path, overwrite: bool) -> None:
         tmp.rename(output)
 
 
+def publish_with_summary(tmp: Path, output: Path, summary: "ProcessSummary", reporter: "Reporter", overwrite: bool) -> None:
+    """Write process_summary.json (with the stage times) into the staged output, then publish it."""
+    summary.stage_seconds = dict(reporter.seconds)
+    (tmp / "process_summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+    publish(tmp, output, overwrite)
+
+
 def gather_input(options: ProcessOptions, image_dir: Path, reporter: Reporter) -> Tuple[List[str], Dict[str, Tuple[int, int]], Optional[Dict]]:
     """Images of the folder (checked, copied or downscaled) or sharp frames of the video."""
     src = Path(options.input)
@@ -1000,9 +1007,7 @@ def process(options: ProcessOptions) -> ProcessSummary:
             meta["city_frame"] = {**summary.city_frame, "origin": "mean camera centre", "axes": "x east / y north / z up" if summary.city_frame.get("heading_from") == "gps" else "z up, x along the camera path"}
             summary.city_frame = meta["city_frame"]
             (tmp / "transforms.json").write_text(json.dumps(meta, indent=2))
-        summary.stage_seconds = dict(reporter.seconds)
-        (tmp / "process_summary.json").write_text(json.dumps(summary.to_json(), indent=2))
-        publish(tmp, output, options.overwrite)
+        publish_with_summary(tmp, output, summary, reporter, options.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -32,11 +32,11 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from mclnf_city.capture import CaptureError, _names
+from mclnf_city.capture import CaptureError, _names, read_json
 
 MIN_SHARED_POINTS = 15  # co-visible CAPTURE pairs (re-triangulation only): at least this many shared 3D points
 INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "k1", "k2", "k3", "k4", "p1", "p2", "distortion_params")
@@ -69,10 +69,7 @@ def load_existing(capture: Path):
         raise CaptureError(f"{capture}: --register-into capture not found")
     if not transforms.exists():
         raise CaptureError(f"{transforms}: missing; --register-into needs a capture made by mclnf-process")
-    try:
-        meta = json.loads(transforms.read_text())
-    except json.JSONDecodeError as e:
-        raise CaptureError(f"{transforms}: not valid JSON ({e})") from e
+    meta = read_json(transforms)
     if not any((sparse / f"cameras{ext}").exists() for ext in (".bin", ".txt")):
         raise CaptureError(
             f"{sparse}: no COLMAP model here; registration continues the model mclnf-process writes "
@@ -271,7 +268,7 @@ def register_into(options) -> "ProcessSummary":  # noqa: F821 - ProcessSummary l
         configure_colmap_logging,
         gather_input,
         print_summary,
-        publish,
+        publish_with_summary,
         staging_dir,
         write_sparse_ply,
     )
@@ -405,9 +402,7 @@ def register_into(options) -> "ProcessSummary":  # noqa: F821 - ProcessSummary l
             summary.city_frame = meta.get("city_frame", {})
             summary.mapping = {"attempts": record, "kept_capture_points": reuse, "registered_into": str(capture), "capture": index}
             (tmp / "transforms.json").write_text(json.dumps(out_meta, indent=2))
-        summary.stage_seconds = dict(reporter.seconds)
-        (tmp / "process_summary.json").write_text(json.dumps(summary.to_json(), indent=2))
-        publish(tmp, output, options.overwrite)
+        publish_with_summary(tmp, output, summary, reporter, options.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
