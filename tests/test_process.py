@@ -285,7 +285,9 @@ def test_video_of_real_photos_registers_and_matches_ground_truth(tmp_path):
         writer.write(cv2.GaussianBlur(frame, (0, 0), 4))
     writer.release()
     out = tmp_path / "door_video"
-    summary = process(_options(video, out, stride=1, blur_threshold=0.5))
+    # One thread: pycolmap's threaded mapping is not deterministic, and about 1 run in 5 with 2
+    # threads ended at 4.9 degrees on these 8 frames (a real spread, reported, not a bound to loosen).
+    summary = process(ProcessOptions(input=video, output=out, threads=1, quiet=True, stride=1, blur_threshold=0.5))
     kept = sorted(p.name for p in (out / "images").iterdir())
     assert len(kept) == len(photos) and all(int(n[6:12]) % 2 == 0 for n in kept), kept  # sharp frames only
     assert summary.registered >= 6, summary
