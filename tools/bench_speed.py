@@ -1,24 +1,32 @@
-"""CPU speed: nerfacto (torch) vs mclnf-city on the same capture, same machine, one run.
+"""CPU speed and quality: nerfacto (torch) vs mclnf-city on the same capture, same machine, same run.
 
-    python tools/bench_speed.py --data assets/demo_city --budget 600 --out docs/bench_speed.json
+    python tools/bench_speed.py --out docs/bench_speed.json
+    python tools/bench_speed.py --methods nerfacto nerfacto@1024 mclnf-city --repeats 3
 
-Every method trains for the same wall-clock budget (`--budget` seconds of training, set-up
-excluded), with the same rays per step, each in its own process (one at a time, so peak RSS
-is its own). Reported per method:
-- training rays/s: median over windows of `--window` steps, the first `--warmup` steps and
-  every block's first step excluded (block switches are counted in the wall time, not here);
-- test PSNR/SSIM after the budget, over every test view (every 8th image);
-- evaluation rays/s: full test images rendered by the model, timed;
-- peak RSS (kernel's maximum resident set size of the process).
+Two phases, every method in its own process, one at a time (so peak RSS is its own):
+
+1. **Equal steps, equal batch (speed).** Every method trains `--steps` steps of `--rays` rays
+   (mclnf-city: the steps split evenly over its blocks). Training rays/s is the median over
+   windows of `--window` steps, the first `--warmup` steps and every block's first step left
+   out (block switches count in the wall time, not here). Test PSNR at equal steps is shown too.
+2. **Equal wall time (quality).** Every method trains for `--budget` seconds (set-up excluded)
+   with its own rays per step: nerfacto's config, the mclnf-city preset, or `METHOD@RAYS`.
+   Reported: test PSNR/SSIM over every test view (every 8th image), evaluation rays/s (full
+   test images rendered by the model, timed), peak RSS (the kernel's maximum resident set).
 
 mclnf-city streams all its blocks within the budget: its steps per block come from a short
-calibration run (`--calibration-steps`, not counted), so the stream ends just before the
-budget; the actual training time is reported. `mclnf-city:reference` is the same method with
-the fused hash-grid kernel off (MCLNF_HASH_GRID=torch): the before of the speed-up.
+calibration stream (every block, `--calibration-steps` steps each, with the per-block
+evaluations and the city report; not counted) that measures each block's step time and the
+time spent outside steps, so the stream ends near the budget (`--margin` is left for timing
+noise). Step times on a shared machine vary by about 10 % from one minute to the next, so the
+stream can still overrun: mclnf-city therefore runs first, and nerfacto then trains for
+max(budget, the time mclnf-city took). The actual training times are reported; an overrun of
+the budget is flagged in the table.
 
-`nerfacto` runs as a nerfstudio user gets it (glibc's default allocator). mclnf-city tells
-glibc to keep freed memory (`mclnf_city/cpu_allocator.py`); `nerfacto:heap` is nerfacto with
-that same setting, so the table shows what the setting alone gives nerfacto.
+Variants: `mclnf-city:reference` is mclnf-city with the fused hash-grid kernel off
+(MCLNF_HASH_GRID=torch), the before of the speed-up. `nerfacto` runs as a nerfstudio user gets
+it (glibc's default allocator); mclnf-city tells glibc to keep freed memory
+(`mclnf_city/cpu_allocator.py`), and `nerfacto:heap` is nerfacto with that same setting.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -84,14 +92,18 @@ def worker_nerfacto(args, work: Path) -> Dict:
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 
     # The mclnf-city pipeline only lends its data manager: same pixels, same sampler.
-    pipeline = setup_trainer(preset_config("mclnf-city", args.data, work, 1, args.rays, prior="random")).pipeline
+    from nerfstudio.configs.method_configs import method_configs
+
+    # nerfacto's own batch size unless --rays says otherwise.
+    rays = args.rays or method_configs["nerfacto"].pipeline.datamanager.train_num_rays_per_batch
+    pipeline = setup_trainer(preset_config("mclnf-city", args.data, work, 1, rays, prior="random")).pipeline
     model, optimizer = nerfacto_model(pipeline, seed=0)
     callbacks = model.get_training_callbacks(TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=pipeline, trainer=None))
     dm = pipeline.datamanager
     dm.active_block = None  # joint training: rays from every pixel
     steps, started = [], time.perf_counter()
     model.train()
-    while time.perf_counter() - started < args.budget:
+    while len(steps) < args.steps if args.steps else time.perf_counter() - started < args.budget:
         t = time.perf_counter()
         step = len(steps)
         for cb in callbacks:
@@ -106,15 +118,15 @@ def worker_nerfacto(args, work: Path) -> Dict:
             cb.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
         steps.append(time.perf_counter() - t)
         if len(steps) % 10 == 0:
-            print(f"nerfacto: step {len(steps)}, {time.perf_counter() - started:.0f} / {args.budget:.0f} s", flush=True)
+            print(f"nerfacto: step {len(steps)}, {time.perf_counter() - started:.0f} s", flush=True)
     train_s = time.perf_counter() - started
-    return {"steps": len(steps), "train_s": train_s, "step_seconds": steps, "skip": list(range(args.warmup)),
+    return {"steps": len(steps), "rays_per_step": rays, "train_s": train_s, "step_seconds": steps, "skip": list(range(args.warmup)),
             **evaluate(model, dm.eval_dataset)}
 
 
 def worker_mclnf(args, work: Path) -> Dict:
     def timed_trainer(steps_per_block: int, out: Path):
-        trainer = setup_trainer(preset_config("mclnf-city", args.data, out, steps_per_block, args.rays))
+        trainer = setup_trainer(preset_config("mclnf-city", args.data, out, steps_per_block, args.rays or None))
         trainer.step_seconds = []
         iteration = trainer.train_iteration
 
@@ -127,21 +139,33 @@ def worker_mclnf(args, work: Path) -> Dict:
         trainer.train_iteration = train_iteration
         return trainer
 
-    probe = timed_trainer(args.calibration_steps, work / "calibration")
-    blocks = len(probe.pipeline.stream)
-    for step in range(args.calibration_steps):
-        probe.train_iteration(step)
-    s_per_step = statistics.median(probe.step_seconds[2:])
-    del probe
-    # Per-block evaluation and the city report also run inside the budget: keep 10 % for them.
-    steps_per_block = max(int(0.9 * args.budget / s_per_step / blocks), 1)
+    if args.steps:  # equal steps: the stream's steps split evenly over its blocks
+        blocks = len(timed_trainer(1, work / "count").pipeline.stream)
+        steps_per_block, calibration = max(args.steps // blocks, 1), {}
+    else:
+        # Calibration: the whole stream at a few steps per block, run as the real one (block
+        # switches, per-block evaluation, the city report), so both the cost of a step in each
+        # block and the fixed cost outside steps are measured. Not counted in the budget.
+        k = args.calibration_steps
+        probe = timed_trainer(k, work / "calibration")
+        blocks = len(probe.pipeline.stream)
+        started = time.perf_counter()
+        probe.train()
+        overhead_s = time.perf_counter() - started - sum(probe.step_seconds)
+        # Each block's median step, leaving out its first step (a block switch) and the first 2
+        # steps of the run (warm-up).
+        per_block = [statistics.median(probe.step_seconds[max(b * k + 1, 2) : (b + 1) * k]) for b in range(blocks)]
+        del probe
+        steps_per_block = max(int((args.budget * (1 - args.margin) - overhead_s) / sum(per_block)), 1)
+        calibration = {"calibrated_s_per_step": per_block, "calibrated_overhead_s": overhead_s}
     trainer = timed_trainer(steps_per_block, work / "run")
     started = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - started
     skip = set(range(args.warmup)) | {b * steps_per_block for b in range(blocks)}
-    return {"steps": len(trainer.step_seconds), "steps_per_block": steps_per_block, "blocks": blocks, "train_s": train_s,
-            "step_seconds": trainer.step_seconds, "skip": sorted(skip), "calibrated_s_per_step": s_per_step,
+    rays = trainer.pipeline.datamanager.config.train_num_rays_per_batch
+    return {"steps": len(trainer.step_seconds), "rays_per_step": rays, "steps_per_block": steps_per_block, "blocks": blocks, "train_s": train_s,
+            "step_seconds": trainer.step_seconds, "skip": sorted(skip), **calibration,
             **evaluate(trainer.pipeline.model, trainer.pipeline.datamanager.eval_dataset)}
 
 
@@ -159,23 +183,74 @@ def run_worker(args) -> None:
     # Other jobs on the machine slow every number down: the 15-minute load average at the end
     # (this worker alone keeps it near the torch thread count) says whether the run was alone.
     result["load_average_15min_at_end"] = os.getloadavg()[2]
-    rates = window_rates(result["step_seconds"], args.rays, args.window, set(result["skip"]))
-    result["train_rays_per_s"] = statistics.median(rates) if rates else None
+    rates = window_rates(result["step_seconds"], result["rays_per_step"], args.window, set(result["skip"]))
+    if not rates:
+        raise SystemExit(f"{args.worker}: no throughput window of {args.window} steps; train more steps")
+    result["train_rays_per_s"] = statistics.median(rates)
     result["windows"] = len(rates)
     result["torch_threads"] = torch.get_num_threads()
     Path(args.result).write_text(json.dumps(result))
 
 
+def parse_method(entry: str):
+    """'nerfacto@1024' -> ('nerfacto', 1024); 'mclnf-city' -> ('mclnf-city', 0: its own batch)."""
+    method, _, rays = entry.partition("@")
+    if method not in METHODS or (rays and not rays.isdigit()):
+        raise argparse.ArgumentTypeError(f"{entry!r}: expected one of {', '.join(METHODS)}, optionally @RAYS")
+    return entry
+
+
+def run_method(args, logs: Path, method: str, rays: int, steps: int, label: str, r: int, budget: float = 0.0) -> Dict:
+    """One worker process; its result with the kernel-measured peak RSS."""
+    name = f"{label.replace(':', '_').replace('@', '_').replace(' ', '_')}_{r}"
+    result_path, log = logs / f"{name}.json", logs / f"{name}.log"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if method.endswith(":reference"):
+        env["MCLNF_HASH_GRID"] = "torch"
+    if method == "nerfacto":  # the data manager comes from an mclnf-city pipeline: undo its setting
+        env["MCLNF_MALLOC"] = "default"
+    cmd = [sys.executable, __file__, "--worker", method, "--result", str(result_path), "--data", str(args.data),
+           "--budget", str(budget or args.budget), "--steps", str(steps), "--rays", str(rays), "--warmup", str(args.warmup),
+           "--window", str(args.window), "--calibration-steps", str(args.calibration_steps), "--margin", str(args.margin)]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{label} failed, see {log}:\n{log.read_text(errors='replace')[-3000:]}")
+    result = json.loads(result_path.read_text())
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024.0
+    print(f"{label:28s} run {r}: {result['rays_per_step']} rays/step, {result['train_rays_per_s']:,.0f} train rays/s, "
+          f"PSNR {result['test_psnr']:.2f} after {result['steps']} steps in {result['train_s']:.0f} s, "
+          f"{result['eval_rays_per_s']:,.0f} eval rays/s, peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)
+    return result
+
+
+def print_table(title: str, summary: Dict[str, Dict], base: Optional[Dict], budget: float = 0.0) -> None:
+    print(f"\n{title}")
+    print(f"{'method':28s} {'rays':>5s} {'steps':>6s} {'train s':>7s} {'train rays/s':>12s} {'vs nerfacto':>11s} "
+          f"{'test PSNR':>9s} {'dPSNR':>6s} {'eval rays/s':>11s} {'vs nerfacto':>11s} {'peak RSS MB':>11s}")
+    for m, s in summary.items():
+        ratio = f"{s['train_rays_per_s'] / base['train_rays_per_s']:10.1f}x" if base else "          -"
+        eratio = f"{s['eval_rays_per_s'] / base['eval_rays_per_s']:10.1f}x" if base else "          -"
+        dpsnr = f"{s['test_psnr'] - base['test_psnr']:+6.2f}" if base else "     -"
+        over = f"  (over the {budget:.0f} s budget)" if budget and s["train_s"] > budget * 1.01 else ""
+        print(f"{m:28s} {s['rays_per_step']:5.0f} {s['steps']:6.0f} {s['train_s']:7.0f} {s['train_rays_per_s']:12,.0f} "
+              f"{ratio} {s['test_psnr']:9.2f} {dpsnr} {s['eval_rays_per_s']:11,.0f} {eratio} {s['peak_rss_mb']:11,.0f}{over}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT / "assets" / "demo_city", help="nerfstudio capture")
-    parser.add_argument("--budget", type=float, default=600.0, help="training seconds per method")
-    parser.add_argument("--rays", type=int, default=4096, help="rays per training step, every method")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="what to run, in order")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per method (medians reported)")
+    parser.add_argument("--methods", nargs="+", type=parse_method, default=["nerfacto", "mclnf-city"],
+                        help=f"what to run, in order: {', '.join(METHODS)}; METHOD@RAYS sets the batch of the equal-wall-time phase")
+    parser.add_argument("--steps", type=int, default=60, help="phase 1: training steps of every method (0: skip the phase)")
+    parser.add_argument("--rays", type=int, default=4096, help="phase 1: rays per step of every method")
+    parser.add_argument("--budget", type=float, default=600.0, help="phase 2: training seconds of every method (0: skip the phase)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each method and phase (medians reported)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the rays/s windows")
     parser.add_argument("--window", type=int, default=5, help="steps per throughput window")
-    parser.add_argument("--calibration-steps", type=int, default=8, help="mclnf-city: steps timed to size the stream")
+    parser.add_argument("--calibration-steps", type=int, default=8, help="mclnf-city: steps per block of the calibration stream that sizes the budget run")
+    parser.add_argument("--margin", type=float, default=0.05, help="mclnf-city: share of the budget left unplanned (step times vary by about 10%% between minutes here)")
     parser.add_argument("--out", type=Path, default=Path("bench_speed.json"), help="JSON written here")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -184,45 +259,41 @@ def main() -> None:
         return run_worker(args)
 
     logs = Path(tempfile.mkdtemp(prefix="bench_speed_"))
-    runs: Dict[str, List[Dict]] = {m: [] for m in args.methods}
+    # Phase 1 runs each method once (an @RAYS suffix only sets phase 2's batch).
+    phase1 = list(dict.fromkeys(m.partition("@")[0] for m in args.methods)) if args.steps else []
+    phase2 = args.methods if args.budget else []
+    runs: Dict[str, Dict[str, List[Dict]]] = {"equal_steps": {}, "equal_wall_time": {}}
     for r in range(args.repeats):
-        for method in args.methods:
-            result_path, log = logs / f"{method.replace(':', '_')}_{r}.json", logs / f"{method.replace(':', '_')}_{r}.log"
-            env = dict(os.environ, PYTHONWARNINGS="ignore")
-            if method.endswith(":reference"):
-                env["MCLNF_HASH_GRID"] = "torch"
-            if method == "nerfacto":  # the data manager comes from an mclnf-city pipeline: undo its setting
-                env["MCLNF_MALLOC"] = "default"
-            cmd = [sys.executable, __file__, "--worker", method, "--result", str(result_path), "--data", str(args.data),
-                   "--budget", str(args.budget), "--rays", str(args.rays), "--warmup", str(args.warmup),
-                   "--window", str(args.window), "--calibration-steps", str(args.calibration_steps)]
-            with open(log, "w") as f:
-                proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-                _, status, usage = os.wait4(proc.pid, 0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise SystemExit(f"{method} failed, see {log}:\n{log.read_text(errors='replace')[-3000:]}")
-            result = json.loads(result_path.read_text())
-            result["peak_rss_mb"] = usage.ru_maxrss / 1024.0
-            runs[method].append(result)
-            print(f"{method:22s} run {r}: {result['train_rays_per_s']:,.0f} train rays/s, PSNR {result['test_psnr']:.2f} after "
-                  f"{result['steps']} steps in {result['train_s']:.0f} s, {result['eval_rays_per_s']:,.0f} eval rays/s, "
-                  f"peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)
+        for method in phase1:
+            result = run_method(args, logs, method, args.rays, args.steps, f"{method} ({args.steps} steps)", r)
+            runs["equal_steps"].setdefault(method, []).append(result)
+        # mclnf-city first: its stream is sized by calibration and may overrun the budget
+        # (step times here vary by ~10 % between minutes); nerfacto then trains for the longest
+        # time mclnf-city actually took, so no method gets less time than mclnf-city.
+        budget = args.budget
+        for entry in sorted(phase2, key=lambda e: not e.startswith("mclnf")):
+            method, _, rays = entry.partition("@")
+            result = run_method(args, logs, method, int(rays or 0), 0, entry, r, budget)
+            if method.startswith("mclnf"):
+                budget = max(budget, result["train_s"])
+            runs["equal_wall_time"].setdefault(entry, []).append(result)
 
-    keys = ("train_rays_per_s", "test_psnr", "test_ssim", "eval_rays_per_s", "peak_rss_mb", "steps", "train_s")
-    summary = {m: {k: statistics.median(x[k] for x in rs) for k in keys} for m, rs in runs.items()}
-    base = summary.get("nerfacto")
-    header = f"{'method':22s} {'train rays/s':>12s} {'vs nerfacto':>11s} {'test PSNR':>9s} {'dPSNR':>6s} {'eval rays/s':>11s} {'vs nerfacto':>11s} {'peak RSS MB':>11s}"
-    print("\n" + header)
-    for m, s in summary.items():
-        ratio = f"{s['train_rays_per_s'] / base['train_rays_per_s']:10.1f}x" if base else "          -"
-        eratio = f"{s['eval_rays_per_s'] / base['eval_rays_per_s']:10.1f}x" if base else "          -"
-        dpsnr = f"{s['test_psnr'] - base['test_psnr']:+6.2f}" if base else "     -"
-        print(f"{m:22s} {s['train_rays_per_s']:12,.0f} {ratio} {s['test_psnr']:9.2f} {dpsnr} {s['eval_rays_per_s']:11,.0f} {eratio} {s['peak_rss_mb']:11,.0f}")
-    for rs in runs.values():
-        for x in rs:
-            x.pop("step_seconds")  # kept in the logs' JSON, too long for the summary
-    out = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "data": str(args.data), "budget_s": args.budget,
-           "rays_per_step": args.rays, "cpu_count": os.cpu_count(), "summary": summary, "runs": runs}
+    keys = ("rays_per_step", "train_rays_per_s", "test_psnr", "test_ssim", "eval_rays_per_s", "peak_rss_mb", "steps", "train_s")
+    summary = {phase: {m: {k: statistics.median(x[k] for x in rs) for k in keys} for m, rs in by.items()}
+               for phase, by in runs.items()}
+    if phase1:
+        print_table(f"equal steps ({args.steps} steps of {args.rays} rays)", summary["equal_steps"],
+                    summary["equal_steps"].get("nerfacto"))
+    if phase2:
+        print_table(f"equal wall time ({args.budget:.0f} s, each method's own rays per step)", summary["equal_wall_time"],
+                    summary["equal_wall_time"].get("nerfacto"), args.budget)
+    for by in runs.values():
+        for rs in by.values():
+            for x in rs:
+                x.pop("step_seconds")  # kept in the logs' JSON, too long for the summary
+    out = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "data": str(args.data), "steps": args.steps,
+           "rays_per_step_phase1": args.rays, "budget_s": args.budget, "cpu_count": os.cpu_count(),
+           "summary": summary, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(f"\nwrote {args.out} (logs in {logs})")
