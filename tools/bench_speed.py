@@ -2,6 +2,8 @@
 
     python tools/bench_speed.py --out docs/bench_speed.json
     python tools/bench_speed.py --methods nerfacto nerfacto@1024 mclnf-city --repeats 3
+    python tools/bench_speed.py --steps 0 --budget 300 --methods mclnf-city@4096 \
+        --mclnf-set optimizers.fields.optimizer.lr=0.01       # one point of a preset sweep
 
 Two phases, every method in its own process, one at a time (so peak RSS is its own):
 
@@ -32,6 +34,7 @@ it (glibc's default allocator); mclnf-city tells glibc to keep freed memory
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import os
@@ -126,7 +129,10 @@ def worker_nerfacto(args, work: Path) -> Dict:
 
 def worker_mclnf(args, work: Path) -> Dict:
     def timed_trainer(steps_per_block: int, out: Path):
-        trainer = setup_trainer(preset_config("mclnf-city", args.data, out, steps_per_block, args.rays or None))
+        config = preset_config("mclnf-city", args.data, out, steps_per_block, args.rays or None)
+        for path, value in args.mclnf_set:
+            set_config(config, path, value)
+        trainer = setup_trainer(config)
         trainer.step_seconds = []
         iteration = trainer.train_iteration
 
@@ -192,6 +198,31 @@ def run_worker(args) -> None:
     Path(args.result).write_text(json.dumps(result))
 
 
+def parse_setting(text: str):
+    """'optimizers.fields.optimizer.lr=0.02' -> ('optimizers.fields.optimizer.lr', 0.02)."""
+    path, eq, value = text.partition("=")
+    if not eq:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PATH=VALUE")
+    try:
+        return path, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return path, value  # a plain string
+
+
+def set_config(config, path: str, value) -> None:
+    """Set a dotted path of a trainer config; dict keys and attributes both work, and the
+    attribute must exist (a typo fails instead of silently doing nothing)."""
+    *parents, last = path.split(".")
+    for part in parents:
+        config = config[part] if isinstance(config, dict) else getattr(config, part)
+    if isinstance(config, dict):
+        config[last] = value
+    elif hasattr(config, last):
+        setattr(config, last, value)
+    else:
+        raise SystemExit(f"--mclnf-set {path}: {type(config).__name__} has no field {last!r}")
+
+
 def parse_method(entry: str):
     """'nerfacto@1024' -> ('nerfacto', 1024); 'mclnf-city' -> ('mclnf-city', 0: its own batch)."""
     method, _, rays = entry.partition("@")
@@ -212,6 +243,8 @@ def run_method(args, logs: Path, method: str, rays: int, steps: int, label: str,
     cmd = [sys.executable, __file__, "--worker", method, "--result", str(result_path), "--data", str(args.data),
            "--budget", str(budget or args.budget), "--steps", str(steps), "--rays", str(rays), "--warmup", str(args.warmup),
            "--window", str(args.window), "--calibration-steps", str(args.calibration_steps), "--margin", str(args.margin)]
+    if args.mclnf_set:
+        cmd += ["--mclnf-set", *(f"{path}={value!r}" for path, value in args.mclnf_set)]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -251,6 +284,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5, help="steps per throughput window")
     parser.add_argument("--calibration-steps", type=int, default=8, help="mclnf-city: steps per block of the calibration stream that sizes the budget run")
     parser.add_argument("--margin", type=float, default=0.05, help="mclnf-city: share of the budget left unplanned (step times vary by about 10%% between minutes here)")
+    parser.add_argument("--mclnf-set", nargs="+", type=parse_setting, default=[], metavar="PATH=VALUE",
+                        help="change the mclnf-city preset for this benchmark, e.g. optimizers.fields.optimizer.lr=0.02 pipeline.lr_final_fraction=0.03")
     parser.add_argument("--out", type=Path, default=Path("bench_speed.json"), help="JSON written here")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -292,7 +327,8 @@ def main() -> None:
             for x in rs:
                 x.pop("step_seconds")  # kept in the logs' JSON, too long for the summary
     out = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "data": str(args.data), "steps": args.steps,
-           "rays_per_step_phase1": args.rays, "budget_s": args.budget, "cpu_count": os.cpu_count(),
+           "rays_per_step_phase1": args.rays, "budget_s": args.budget,
+           "mclnf_set": {path: value for path, value in args.mclnf_set}, "cpu_count": os.cpu_count(),
            "summary": summary, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
