@@ -233,7 +233,7 @@ def parse_method(entry: str):
 
 def run_method(args, logs: Path, method: str, rays: int, steps: int, label: str, r: int, budget: float = 0.0) -> Dict:
     """One worker process; its result with the kernel-measured peak RSS."""
-    name = f"{label.replace(':', '_').replace('@', '_').replace(' ', '_')}_{r}"
+    name = f"{''.join(c if c.isalnum() or c in '-.' else '_' for c in label)}_{r}"  # a file name
     result_path, log = logs / f"{name}.json", logs / f"{name}.log"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     if method.endswith(":reference"):
