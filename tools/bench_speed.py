@@ -328,7 +328,7 @@ def main() -> None:
                 x.pop("step_seconds")  # kept in the logs' JSON, too long for the summary
     out = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "data": str(args.data), "steps": args.steps,
            "rays_per_step_phase1": args.rays, "budget_s": args.budget,
-           "mclnf_set": {path: value for path, value in args.mclnf_set}, "cpu_count": os.cpu_count(),
+           "mclnf_set": dict(args.mclnf_set), "cpu_count": os.cpu_count(),
            "summary": summary, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
