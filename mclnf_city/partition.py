@@ -5,6 +5,8 @@ The partition lives in a *city frame*: x and y span the ground plane, z is up, a
 the blocks tile a rectangle on the ground and share one city-wide height range, so
 one block-local parameterisation (box -> [-1, 1]^3) fits every block.
 
+The city box (frame, ground extent, height range) comes from `mclnf_city/bounds.py`.
+
 Two kinds of box exist per block:
 - the *region* (no overlap): routing of samples uses it, so every point of the city
   belongs to exactly one block;
@@ -23,33 +25,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from mclnf_city.bounds import CityBounds, estimate_bounds, ray_box_intersect, rays_cross
+
 
 class PartitionError(ValueError):
     """The capture cannot be partitioned (too small, degenerate, or bad cameras)."""
-
-
-def ray_box_intersect(origins: Tensor, directions: Tensor, box_min: Tensor, box_max: Tensor) -> Tuple[Tensor, Tensor]:
-    """Slab test of rays against axis-aligned boxes.
-
-    Args:
-        origins, directions: [N, 3] rays (directions need not be unit length).
-        box_min, box_max: [B, 3] boxes.
-    Returns:
-        t_near, t_far: [N, B]. The ray (t >= 0) crosses box b iff ``t_far > max(t_near, 0)``.
-    """
-    # Avoid 0 * inf = nan for axis-parallel rays: a tiny epsilon keeps the sign.
-    safe = torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
-    inv = 1.0 / safe
-    t0 = (box_min[None] - origins[:, None]) * inv[:, None]  # [N, B, 3]
-    t1 = (box_max[None] - origins[:, None]) * inv[:, None]
-    t_near = torch.minimum(t0, t1).amax(dim=-1)
-    t_far = torch.maximum(t0, t1).amin(dim=-1)
-    return t_near, t_far
-
-
-def rays_cross(t_near: Tensor, t_far: Tensor) -> Tensor:
-    """Whether the forward half-line (t >= 0) crosses the box, from `ray_box_intersect`."""
-    return t_far > t_near.clamp_min(0.0)
 
 
 @dataclass
@@ -227,71 +207,18 @@ class BlockPartition:
 # ----------------------------------------------------------------------------------------
 
 
-def estimate_up(camera_to_worlds: Tensor) -> Tensor:
-    """Up axis from cameras: normal to the cameras' right vectors, signed like their up vectors.
+def check_camera_spread(camera_to_worlds: Tensor, image_names: Optional[Sequence[str]] = None, max_camera_distance: float = 20.0) -> None:
+    """Name cameras far from the others: almost always broken poses, which would stretch the city.
 
-    Right vectors of upright cameras are horizontal whatever the pitch, so up is the direction
-    least represented among them. With a single heading (degenerate), fall back to the mean up
-    vector made orthogonal to that heading's right vector.
-    """
-    right = camera_to_worlds[:, :3, 0].double()
-    cam_up = camera_to_worlds[:, :3, 1].double().mean(0)
-    evals, evecs = torch.linalg.eigh(right.T @ right / len(right))
-    if evals[1] > 0.02 * evals[2]:
-        up = evecs[:, 0]
-    else:
-        r = evecs[:, 2]
-        up = cam_up - (cam_up @ r) * r
-    up = up / up.norm()
-    return up if up @ cam_up >= 0 else -up
-
-
-def _frame_from_up(up: Tensor) -> Tensor:
-    """Rotation whose rows are (x, y, up): x is the input frame's x axis laid flat.
-
-    Keeping the dataparser's own horizontal axes (rather than, say, a principal direction
-    of the points, which is arbitrary for a square city) keeps the grid predictable.
-    """
-    x = torch.tensor([1.0, 0.0, 0.0], dtype=up.dtype)
-    if abs(float(x @ up)) > 0.9:  # up is close to x: use y instead
-        x = torch.tensor([0.0, 1.0, 0.0], dtype=up.dtype)
-    x = x - (x @ up) * up
-    x = x / x.norm()
-    y = torch.linalg.cross(up, x)
-    return torch.stack([x, y, up])
-
-
-def estimate_partition(
-    camera_to_worlds: Tensor,
-    points: Optional[Tensor] = None,
-    grid: Tuple[int, int] = (2, 2),
-    block_size: Optional[float] = None,
-    overlap_fraction: float = 0.15,
-    image_names: Optional[Sequence[str]] = None,
-    max_camera_distance: float = 20.0,
-) -> BlockPartition:
-    """Estimate the city frame and the block grid of a capture.
-
-    Args:
-        camera_to_worlds: [N, 3, 4] OpenGL convention (x right, y up, z back).
-        points: optional [M, 3] sparse points; they give the ground level, the building tops
-            and the horizontal extent. Without them, the extent is where the cameras look.
-        grid: blocks along city x and y (ignored when block_size is given).
-        block_size: block edge length in scene units; the grid count follows from the extent.
-        overlap_fraction: overlap margin on each side, as a fraction of the block edge.
-        image_names: for error messages.
-        max_camera_distance: cameras farther from the median camera position than this many
-            times the median distance are reported as an error (a wrong pose, not a far viewpoint).
+    Robust centre and radius (medians), so one bad pose cannot hide.
     """
     c2w = camera_to_worlds.double()
     if len(c2w) < 2:
         raise PartitionError(f"a capture needs at least 2 training images to partition, got {len(c2w)}")
     centers = c2w[:, :3, 3]
-    # Cameras far from the others are almost always broken poses: name them before they
-    # stretch the city. Robust centre and radius (medians), so one bad pose cannot hide.
     middle = centers.median(dim=0).values
     dist = (centers - middle).norm(dim=-1)
-    radius = max(dist.median().item(), 1e-6)
+    radius = max(dist.median().item(), 1e-6 * max(middle.norm().item(), 1e-30))
     bad = torch.nonzero(dist > max_camera_distance * radius).flatten().tolist()
     if bad:
         names = [image_names[i] if image_names else f"image {i}" for i in bad[:10]]
@@ -299,47 +226,21 @@ def estimate_partition(
             f"{len(bad)} camera(s) lie more than {max_camera_distance:g}x the median camera distance from the "
             f"capture's centre (broken poses?): {', '.join(map(str, names))}{' ...' if len(bad) > 10 else ''}"
         )
-    up = estimate_up(c2w)
-    forward = -c2w[:, :3, 2]
-    cam_h = centers @ up
 
-    use_points = points is not None and len(points) >= 20
-    if use_points:
-        pts = points.double()
-        h = pts @ up
-        # Most points lie on the ground: a high quantile would cut the tallest roofs off.
-        ground = torch.quantile(h, 0.02).item()
-        top = torch.quantile(h, 0.999).item()
-        footprint = pts
-    else:
-        # Ground: below every camera; taken where principal rays of downward cameras meet.
-        down = (forward @ up) < -0.1
-        ground = cam_h.min().item()
-        footprint = centers
-        if down.sum() >= 2:
-            f, c = forward[down], centers[down]
-            # least-squares closest point to all principal rays
-            eye = torch.eye(3, dtype=c.dtype)
-            proj = eye[None] - f[:, :, None] * f[:, None, :]
-            target = torch.linalg.solve(proj.sum(0), (proj @ c[:, :, None]).sum(0))[:, 0]
-            ground = min(ground, (target @ up).item())
-            t = (ground - (c @ up)) / (f @ up)
-            footprint = torch.cat([centers, c + t[:, None] * f])
-        top = ground + 0.5 * max(cam_h.max().item() - ground, 1e-3)
-    rot = _frame_from_up(up)
-    local = footprint @ rot.T
-    # Robust extent: a stray point or a broken camera pose must not stretch the city.
-    lo = torch.quantile(local[:, :2], 0.01 if use_points else 0.02, dim=0)
-    hi = torch.quantile(local[:, :2], 0.99 if use_points else 0.98, dim=0)
+
+def partition_from_bounds(
+    bounds: CityBounds,
+    camera_to_worlds: Tensor,
+    grid: Tuple[int, int] = (2, 2),
+    block_size: Optional[float] = None,
+    overlap_fraction: float = 0.15,
+) -> BlockPartition:
+    """The block grid over a city box: `grid` blocks, or blocks of edge `block_size` (scene units)."""
+    lo, hi = bounds.lo.double(), bounds.hi.double()
     extent = hi - lo
-    if not torch.all(extent > 1e-6) or top <= ground:
-        raise PartitionError(
-            f"capture too small to partition: ground extent {extent.tolist()}, height range ({ground:.3g}, {top:.3g})"
-        )
-    # The city box height: a small margin below the ground so ground samples are inside.
-    height = top - ground
-    z_range = (ground - 0.05 * height, top + 0.05 * height)
-
+    ground, top = bounds.z_range
+    if not torch.all(extent > 0) or not top > ground:
+        raise PartitionError(f"capture too small to partition: ground extent {extent.tolist()}, height range ({ground:.3g}, {top:.3g})")
     if block_size is not None:
         if block_size <= 0:
             raise PartitionError(f"block_size must be positive, got {block_size}")
@@ -356,10 +257,37 @@ def estimate_partition(
     # The city frame is a pure rotation of the dataparser frame (origin kept at its origin).
     origin = torch.zeros(3, dtype=torch.float64)
     overlap = overlap_fraction * min((hi - lo)[0].item() / nx, (hi - lo)[1].item() / ny)
-    partition = BlockPartition(rot, origin, x_edges, y_edges, z_range, overlap, list(range(nx * ny)))
-
-    partition.stream_order = visit_order(partition, c2w)
+    partition = BlockPartition(bounds.rotation.double(), origin, x_edges, y_edges, (ground, top), overlap, list(range(nx * ny)))
+    partition.stream_order = visit_order(partition, camera_to_worlds.double())
     return partition
+
+
+def estimate_partition(
+    camera_to_worlds: Tensor,
+    points: Optional[Tensor] = None,
+    grid: Tuple[int, int] = (2, 2),
+    block_size: Optional[float] = None,
+    overlap_fraction: float = 0.15,
+    image_names: Optional[Sequence[str]] = None,
+    max_camera_distance: float = 20.0,
+    **bounds_options,
+) -> BlockPartition:
+    """Check the cameras, estimate the city box (`bounds.estimate_bounds`, which takes
+    `bounds_options`) and lay the block grid over it.
+
+    Args:
+        camera_to_worlds: [N, 3, 4] OpenGL convention (x right, y up, z back).
+        points: optional [M, 3] scene points (ground level, building tops, extent).
+        grid: blocks along city x and y (ignored when block_size is given).
+        block_size: block edge length in scene units; the grid count follows from the extent.
+        overlap_fraction: overlap margin on each side, as a fraction of the block edge.
+        image_names: for error messages.
+        max_camera_distance: cameras farther from the median camera position than this many
+            times the median distance are reported as an error (a wrong pose, not a far viewpoint).
+    """
+    check_camera_spread(camera_to_worlds, image_names, max_camera_distance)
+    bounds = estimate_bounds(camera_to_worlds, points, **bounds_options)
+    return partition_from_bounds(bounds, camera_to_worlds, grid, block_size, overlap_fraction)
 
 
 def look_blocks(partition: BlockPartition, camera_to_worlds: Tensor) -> Tensor:

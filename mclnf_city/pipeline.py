@@ -31,7 +31,8 @@ from mclnf_city.fields import BlockField, BlockFieldSpec
 from mclnf_city.fisher import FisherConfig, fisher_loss_weights
 from mclnf_city.metrics import image_metrics, lpips_status
 from mclnf_city.model import CityModelConfig
-from mclnf_city.partition import estimate_partition, look_blocks, partition_table
+from mclnf_city.bounds import capture_bounds, save_bounds_figure
+from mclnf_city.partition import check_camera_spread, look_blocks, partition_from_bounds, partition_table
 from mclnf_city.store import ACTIVE, DONE, EMPTY, StoreError, atomic_write_bytes, load_checked, sha256
 from mclnf_city.viewer import CityViewer
 
@@ -91,6 +92,14 @@ class CityPipelineConfig(VanillaPipelineConfig):
     """Meta-learning of the shared initialisation θ_shared (MCL-NF)."""
     fisher: FisherConfig = field(default_factory=FisherConfig)
     """FIM-NeRF: Fisher-information ray scores driving loss weights and ray sampling."""
+    up: Optional[Tuple[float, float, float]] = None
+    """The up direction in the dataparser's frame (as printed at start). Default: estimated from the cameras; set it when the printed up axis or the city_bounds.png picture is wrong."""
+    height_range: Optional[Tuple[float, float]] = None
+    """Ground and top of the city box, as heights along up in the city frame (scene units, as printed at start). Default: estimated from the scene points (sparse points, else the depth probe), else a generous guess from the cameras."""
+    ground_extent: Optional[Tuple[float, float, float, float]] = None
+    """The city's ground rectangle in the city frame: x min, x max, y min, y max (scene units, as printed at start). Default: where the scene points are and where the cameras see the ground."""
+    depth_probe: bool = True
+    """Without sparse points in the capture, triangulate SIFT matches of up to 96 training images with their poses to find the scene (a few seconds); off: the cameras alone (a generous guess)."""
     max_camera_distance: float = 20.0
     """Cameras farther from the median camera than this many median camera distances are reported as broken poses."""
     blocks_per_wave: Optional[int] = None
@@ -200,15 +209,19 @@ class CityPipeline(VanillaPipeline):
 
     def _create_city(self, config: CityPipelineConfig, data, outputs, c2w):
         """Partition the capture, mark blocks with too few rays empty, and write the new store."""
-        partition = estimate_partition(
-            c2w,
-            outputs.metadata.get("points3D_xyz"),
-            grid=config.grid,
-            block_size=config.block_size,
-            overlap_fraction=config.overlap,
-            image_names=[str(n) for n in outputs.image_filenames],
-            max_camera_distance=config.max_camera_distance,
+        check_camera_spread(c2w, [str(n) for n in outputs.image_filenames], config.max_camera_distance)
+        bounds, points = capture_bounds(
+            outputs, up=config.up, height_range=config.height_range, ground_extent=config.ground_extent, depth_probe=config.depth_probe
         )
+        partition = partition_from_bounds(bounds, c2w, config.grid, config.block_size, config.overlap)
+        report = bounds.report
+        for line in report.lines(partition.city_box()):
+            CONSOLE.print(line)
+        for warning in report.warnings:
+            CONSOLE.print(f"[bold yellow]Warning (city box):[/bold yellow] {warning}")
+        picture = self.store.root.parent / "city_bounds.png"
+        save_bounds_figure(picture, partition.city_box(), partition.rotation, c2w, points, (partition.x_edges, partition.y_edges))
+        CONSOLE.print(f"City box against the cameras and points: {picture}")
         rays = {b: len(p) for b, p in self.datamanager.assign_pixels(partition).items()}
         empty = {
             b: f"{rays[b]} training rays < --pipeline.min-rays-per-block {config.min_rays_per_block}"
@@ -217,7 +230,7 @@ class CityPipeline(VanillaPipeline):
         }
         for b, why in empty.items():
             CONSOLE.print(f"[yellow]block {b} skipped: {why}")
-        info = {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block}
+        info = {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block, "bounds": report.to_dict()}
         info.update(grow.frame_info(self.datamanager.dataparser))  # so that the city can grow later
         self.store.create(partition, empty, info)
         partition.save(self.store.root / "partition.json")

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from mclnf_city.bounds import estimate_up
 from mclnf_city.partition import (
     BlockPartition,
     PartitionError,
     estimate_partition,
-    estimate_up,
     ray_box_intersect,
     rays_cross,
 )
@@ -122,7 +122,7 @@ def _cameras_looking_down(n=30, pitch_deg=50.0, seed=0):
 def test_estimate_up_ignores_pitch():
     c2w = _cameras_looking_down(pitch_deg=60.0)
     tilt = torch.tensor([[1.0, 0, 0], [0, math.cos(0.3), -math.sin(0.3)], [0, math.sin(0.3), math.cos(0.3)]])
-    up = estimate_up(torch.cat([tilt @ c2w[:, :, :3], (tilt @ c2w[:, :, 3:])], dim=2))
+    up, _ = estimate_up(torch.cat([tilt @ c2w[:, :, :3], (tilt @ c2w[:, :, 3:])], dim=2))
     assert torch.allclose(up.float(), tilt[:, 2], atol=1e-4)
 
 
