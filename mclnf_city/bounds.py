@@ -154,8 +154,8 @@ def pixel_rays(camera_to_worlds: Tensor, intrinsics: Tensor, sizes: Tensor, per_
     return o.reshape(-1, 3), d.reshape(-1, 3)
 
 
-def ground_footprint(origins: Tensor, dirs: Tensor, up: Tensor, ground: float, max_depth: float) -> Tensor:
-    """Where rays meet the ground plane (height `ground` along `up`) within `max_depth`: [M, 3]."""
+def ground_footprint(origins: Tensor, dirs: Tensor, up: Tensor, ground: float, max_depth: Tensor) -> Tensor:
+    """Where rays meet the ground plane (height `ground` along `up`) within `max_depth` ([N]): [M, 3]."""
     dz = dirs @ up
     t = (ground - origins @ up) / torch.where(dz.abs() < 1e-9, torch.full_like(dz, -1e-9), dz)
     ok = (t > 0) & (t <= max_depth)
@@ -187,6 +187,7 @@ def estimate_bounds(
     intrinsics: Optional[Tensor] = None,
     sizes: Optional[Tensor] = None,
     points_source: str = "sparse points",
+    view_depths: Optional[Tensor] = None,
     up: Optional[Tuple[float, float, float]] = None,
     height_range: Optional[Tuple[float, float]] = None,
     ground_extent: Optional[Tuple[float, float, float, float]] = None,
@@ -200,6 +201,8 @@ def estimate_bounds(
         intrinsics, sizes: [N, 4] fx, fy, cx, cy and [N, 2] width, height; with them, the ground
             the cameras see (their pixel rays meeting the ground plane) widens the extent.
         points_source: what the points are, for the report.
+        view_depths: [N] how far each camera sees (the depth probe's; NaN where unknown): its
+            ground footprint reaches 1.5 times that far.
         up, height_range, ground_extent: set by hand (world up vector; ground and top heights
             along up; x min, x max, y min, y max in the city frame), each replacing its estimate.
         margin: padding on each side, as a fraction of the box's size along that axis.
@@ -227,19 +230,33 @@ def estimate_bounds(
         p = pts @ rot.T
         # Triangulated points hold a few wrong depths: a lower quantile keeps them out of the ground.
         low = 0.01 if points_source == "sparse points" else 0.02
-        ground, top = torch.quantile(p[:, 2], low).item(), torch.quantile(p[:, 2], 0.995).item()
-        # How far the cameras see: four times the points' distance to their nearest camera, and at
-        # least four times the cameras' typical height above the ground (a nadir camera sees that far).
+        # The top: above all but the highest 0.1 % of the points (and at least 3 of them).
+        high = 1.0 - max(0.001, 3.0 / len(p))
+        ground, top = torch.quantile(p[:, 2], low).item(), torch.quantile(p[:, 2], high).item()
+        if (-c2w[:, :3, 2] @ up_t).median() < -0.3:
+            # A survey from above: nothing it maps stands above it, and flat roofs give few
+            # features, so the tallest ones may be missing from the points: reach at least
+            # three quarters of the way up to the cameras.
+            up_to = cam_h.median().item()
+            top = min(max(top, ground + 0.75 * (up_to - ground)), cam_h.max().item())
+        # How far the cameras see the ground: a little beyond the points (their distance to the
+        # nearest camera), and at least four times the cameras' typical height above the ground.
         near = torch.quantile(torch.cdist(pts, centres).min(dim=1).values, 0.95).item()
-        reach = 4.0 * max(near, (cam_h - ground).median().item())
+        reach = torch.full((len(c2w),), 4.0 * max(near, (cam_h - ground).median().item()), dtype=torch.float64)
+        if view_depths is not None and torch.isfinite(view_depths).sum() >= 3:
+            # Each camera sees the ground about as far as it sees the rest of the scene.
+            known = torch.isfinite(view_depths)
+            seen = torch.where(known, view_depths.double(), view_depths[known].double().median())
+            reach = torch.maximum(1.5 * seen, 4.0 * (cam_h - ground).clamp_min(0))
         source = points_source
         if len(pts) < 200:
             warnings.append(f"only {len(pts)} scene points ({points_source}): the city box rests on few points")
     else:
-        # No scene points: the ground lies below every camera, by as much as the cameras spread
-        # (generous: contraction covers what the box misses).
-        ground, top = cam_h.min().item() - span, cam_h.max().item()
-        reach = 2.0 * span
+        # No scene points: a generous box around the cameras, grown by half their spread
+        # sideways and upwards and by twice it downwards (a survey rarely flies higher than
+        # twice the width it covers); contraction covers what the box misses.
+        ground, top = cam_h.min().item() - 2.0 * span, cam_h.max().item() + 0.5 * span
+        reach = torch.full((len(c2w),), span, dtype=torch.float64)
         source = "cameras only"
         got = f"{len(points)} {points_source}" if points is not None else "no scene points"
         warnings.append(
@@ -252,16 +269,20 @@ def estimate_bounds(
             warnings.append("the principal rays are near parallel, so where they meet says nothing about the ground")
 
     xy = [cam[:, :2]] if pts is None else [p[:, :2]]
-    if have_rays:
-        o, d = pixel_rays(c2w, intrinsics, sizes)
+    # Sparse points from structure from motion cover the ground they saw; triangulated probe
+    # points are fewer, so the ground the cameras see widens the extent.
+    if have_rays and source != "sparse points":
+        per_side = 9
+        o, d = pixel_rays(c2w, intrinsics, sizes, per_side)
         # City-frame heights are heights along up (the frame's third row is up, origin kept).
-        foot = ground_footprint(o, d, up_t, ground, reach)
+        foot = ground_footprint(o, d, up_t, ground, reach.repeat_interleave(per_side**2))
         if len(foot):
             xy.append((foot @ rot.T)[:, :2])
     xy = torch.cat(xy)
     lo, hi = torch.quantile(xy, 0.002, dim=0), torch.quantile(xy, 0.998, dim=0)
-    if pts is None:  # no points: the ground below the cameras too
-        lo, hi = torch.minimum(lo, cam[:, :2].min(0).values), torch.maximum(hi, cam[:, :2].max(0).values)
+    if pts is None:
+        lo = torch.minimum(lo, cam[:, :2].min(0).values - 0.5 * span)
+        hi = torch.maximum(hi, cam[:, :2].max(0).values + 0.5 * span)
     size = (hi - lo).clamp_min(1e-9)
     lo, hi = lo - margin * size, hi + margin * size
     height = max(top - ground, 1e-9)
@@ -341,13 +362,15 @@ def capture_bounds(
     pinhole = bool((cameras.camera_type == CameraType.PERSPECTIVE.value).all())
     intrinsics = torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1) if pinhole else None
     sizes = torch.cat([cameras.width, cameras.height], -1) if pinhole else None
-    points, source = outputs.metadata.get("points3D_xyz"), "sparse points"
+    points, source, view_depths = outputs.metadata.get("points3D_xyz"), "sparse points", None
     if (points is None or len(points) < MIN_POINTS) and depth_probe and pinhole and height_range is None:
         with CONSOLE.status("[bold]No sparse points in the capture: triangulating features of the training images (depth probe)"):
             probe = triangulate_capture(c2w, intrinsics, sizes, outputs.image_filenames, cameras.distortion_params)
         CONSOLE.print(f"Depth probe: {probe.summary()}")
-        points, source = probe.points, "depth probe"
-    bounds = estimate_bounds(c2w, points, intrinsics, sizes, source, up=up, height_range=height_range, ground_extent=ground_extent)
+        points, source, view_depths = probe.points, "depth probe", probe.view_depths
+    bounds = estimate_bounds(
+        c2w, points, intrinsics, sizes, source, view_depths, up=up, height_range=height_range, ground_extent=ground_extent
+    )
     return bounds, points
 
 

@@ -25,6 +25,9 @@ from torch import Tensor
 class ProbeResult:
     points: Tensor
     """[M, 3] triangulated points, float64, in the cameras' frame."""
+    view_depths: Tensor
+    """[N] how far each camera sees: the 90th percentile of the distances to the points it
+    triangulated (NaN for cameras the probe did not use or that triangulated fewer than 5)."""
     images: int
     """Images whose features were extracted."""
     pairs: int
@@ -112,11 +115,12 @@ def triangulate_capture(
     image_paths: Sequence[Path],
     distortion: Optional[Tensor] = None,
     max_images: int = 96,
-    neighbours: int = 3,
+    neighbours: int = 6,
     max_side: int = 640,
     max_error_px: float = 2.0,
     min_angle_deg: float = 1.0,
     max_depth_spread: float = 0.05,
+    min_views: int = 3,
 ) -> ProbeResult:
     """Triangulate SIFT matches between neighbouring views with their known poses.
 
@@ -131,8 +135,9 @@ def triangulate_capture(
         max_side: images are shrunk to this many pixels on their longer side.
         max_error_px: largest epipolar and reprojection error kept, in probe pixels.
         min_angle_deg: smallest triangulation angle kept (smaller gives unreliable depth).
-        max_depth_spread: a keypoint is kept when two of its triangulations agree on its depth to
+        max_depth_spread: triangulations of a keypoint agree when their depths differ by less than
             this fraction.
+        min_views: a keypoint is kept when it agrees with this many views in all (itself included).
     """
     import cv2
 
@@ -189,16 +194,34 @@ def triangulate_capture(
         for k in np.nonzero(ok)[0]:
             seen.setdefault((i, int(qi[k])), []).append(X[k])
             seen.setdefault((j, int(qj[k])), []).append(X[k])
-    points = []
+    points, depths = [], {}
     for (i, _), xs in seen.items():
-        if len(xs) < 2:
+        if len(xs) < min_views - 1:
             continue
         xs = np.stack(xs)
         centre = features[i][3]
         depth = np.linalg.norm(xs - centre, axis=1)
         mid = np.median(depth)
         agree = np.abs(depth - mid) < max_depth_spread * mid
-        if agree.sum() >= 2:
+        if agree.sum() >= min_views - 1:
             points.append(xs[agree].mean(0))
-    pts = np.stack(points) if points else np.zeros((0, 3))
-    return ProbeResult(torch.from_numpy(pts), images=len(features), pairs=len(pairs))
+            depths.setdefault(i, []).append(mid)
+    pts = torch.from_numpy(np.stack(points) if points else np.zeros((0, 3)))
+    view_depths = torch.full((n,), math.nan, dtype=torch.float64)
+    for i, d in depths.items():
+        if len(d) >= 5:
+            view_depths[i] = float(np.quantile(d, 0.9))
+    return ProbeResult(remove_isolated(pts), view_depths, images=len(features), pairs=len(pairs))
+
+
+def remove_isolated(points: Tensor, k: int = 8, std_ratio: float = 3.0, max_points: int = 8000) -> Tensor:
+    """Statistical outlier removal: drop points whose mean distance to their k nearest neighbours
+    is more than `std_ratio` standard deviations above the mean. Wrong depths land alone, far
+    in front of or behind the surface; right ones sit on surfaces among others. At most
+    `max_points` (an even subsample) are kept: the points only bound the scene."""
+    if len(points) > max_points:
+        points = points[torch.linspace(0, len(points) - 1, max_points).long()]
+    if len(points) <= k:
+        return points
+    knn = torch.cat([torch.cdist(chunk, points).topk(k + 1, largest=False).values[:, 1:].mean(1) for chunk in points.split(2048)])
+    return points[knn <= knn.mean() + std_ratio * knn.std()]

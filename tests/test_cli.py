@@ -33,6 +33,9 @@ def test_train_prints_partition_and_writes_report(trained_run):
     assert report["mean"]["psnr"] > 8.0  # far above 0 of a broken render, not a quality claim
     assert (run_dir / "city" / "partition.json").exists()
     assert "city report" in log
+    # The city box is said in words and drawn, and its report is kept with the city.
+    assert "city box (city frame, scene units)" in log and (run_dir / "city_bounds.png").stat().st_size > 1000
+    assert manifest["info"]["bounds"]["source"] == "sparse points"
 
 
 def test_ns_eval(trained_run, tmp_path):
@@ -70,7 +73,8 @@ def test_help_lists_our_options():
     proc = run(["ns-train", "mclnf-city", "--help"], timeout=120)
     assert "--pipeline.steps-per-block" in proc.stdout and "Training steps of each block" in proc.stdout
     for option in ("--pipeline.prior", "--pipeline.meta.continual", "--pipeline.fisher.sampling",
-                   "--pipeline.fisher.loss-weighting", "--pipeline.fisher.uniform-fraction"):
+                   "--pipeline.fisher.loss-weighting", "--pipeline.fisher.uniform-fraction",
+                   "--pipeline.up", "--pipeline.height-range", "--pipeline.ground-extent", "--pipeline.depth-probe"):
         assert option in proc.stdout, option
 
 

@@ -70,8 +70,11 @@ def window_rates(step_seconds: List[float], rays: int, window: int, skip: set) -
 
 
 @torch.no_grad()
-def evaluate(model, dataset) -> Dict[str, float]:
-    """Test PSNR / SSIM over every test view, and rendering rays/s."""
+def evaluate(model, dataset, render_dir: Optional[Path] = None) -> Dict[str, float]:
+    """Test PSNR / SSIM over every test view, and rendering rays/s; with `render_dir`, the renders
+    (view_000.png, ...) and the photos (view_000_gt.png, ...) are saved there."""
+    from PIL import Image
+
     from mclnf_city.metrics import image_metrics
 
     model.eval()
@@ -83,7 +86,12 @@ def evaluate(model, dataset) -> Dict[str, float]:
             rgb = model.get_outputs_for_camera(camera)["rgb"]
         seconds += time.perf_counter() - start
         pixels += rgb.shape[0] * rgb.shape[1]
-        per_view.append(image_metrics(rgb.clamp(0, 1), dataset[i]["image"][..., :3]))
+        gt = dataset[i]["image"][..., :3]
+        per_view.append(image_metrics(rgb.clamp(0, 1), gt))
+        if render_dir is not None:
+            Path(render_dir).mkdir(parents=True, exist_ok=True)
+            for image, suffix in ((rgb, ""), (gt, "_gt")):
+                Image.fromarray((image.clamp(0, 1) * 255).round().byte().cpu().numpy()).save(Path(render_dir) / f"view_{i:03d}{suffix}.png")
         print(f"evaluation: view {i + 1}/{len(dataset)}, {pixels / seconds:,.0f} rays/s", flush=True)
     model.train()
     return {"test_psnr": statistics.mean(m["psnr"] for m in per_view), "test_ssim": statistics.mean(m["ssim"] for m in per_view),
@@ -145,7 +153,10 @@ def worker_mclnf(args, work: Path) -> Dict:
         trainer.train_iteration = train_iteration
         return trainer
 
-    if args.steps:  # equal steps: the stream's steps split evenly over its blocks
+    if getattr(args, "steps_per_block", 0):  # fixed steps per block
+        steps_per_block, calibration = args.steps_per_block, {}
+        blocks = len(timed_trainer(1, work / "count").pipeline.stream)
+    elif args.steps:  # equal steps: the stream's steps split evenly over its blocks
         blocks = len(timed_trainer(1, work / "count").pipeline.stream)
         steps_per_block, calibration = max(args.steps // blocks, 1), {}
     else:
@@ -160,7 +171,8 @@ def worker_mclnf(args, work: Path) -> Dict:
         overhead_s = time.perf_counter() - started - sum(probe.step_seconds)
         # Each block's median step, leaving out its first step (a block switch) and the first 2
         # steps of the run (warm-up).
-        per_block = [statistics.median(probe.step_seconds[max(b * k + 1, 2) : (b + 1) * k]) for b in range(blocks)]
+        steps = probe.step_seconds
+        per_block = [statistics.median(steps[max(b * k + 1, 2) : (b + 1) * k] or steps[b * k : (b + 1) * k]) for b in range(blocks)]
         del probe
         steps_per_block = max(int((args.budget * (1 - args.margin) - overhead_s) / sum(per_block)), 1)
         calibration = {"calibrated_s_per_step": per_block, "calibrated_overhead_s": overhead_s}
@@ -172,7 +184,7 @@ def worker_mclnf(args, work: Path) -> Dict:
     rays = trainer.pipeline.datamanager.config.train_num_rays_per_batch
     return {"steps": len(trainer.step_seconds), "rays_per_step": rays, "steps_per_block": steps_per_block, "blocks": blocks, "train_s": train_s,
             "step_seconds": trainer.step_seconds, "skip": sorted(skip), **calibration,
-            **evaluate(trainer.pipeline.model, trainer.pipeline.datamanager.eval_dataset)}
+            **evaluate(trainer.pipeline.model, trainer.pipeline.datamanager.eval_dataset, getattr(args, "render_dir", None))}
 
 
 def run_worker(args) -> None:

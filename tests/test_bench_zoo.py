@@ -1,0 +1,37 @@
+"""The zoo benchmark runs (smoke mode), and its validation split never holds a test image."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from conftest import ROOT, load_tool
+
+
+def test_validation_capture_drops_every_test_image(tmp_path):
+    bench_zoo = load_tool("bench_zoo")
+    capture = tmp_path / "c"
+    (capture / "images").mkdir(parents=True)
+    frames = [{"file_path": f"images/frame_{i:05d}.png", "transform_matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}
+              for i in reversed(range(20))]  # nerfstudio sorts by name: so must the split
+    (capture / "transforms.json").write_text(json.dumps({"frames": frames}))
+    out = bench_zoo.validation_capture(capture, tmp_path / "v")
+    kept = {f["file_path"] for f in json.loads((out / "transforms.json").read_text())["frames"]}
+    test = {f"images/frame_{i:05d}.png" for i in range(0, 20, 8)}
+    assert len(kept) == 17 and not kept & test
+    assert (out / "images").resolve() == (capture / "images").resolve()
+
+
+def test_bench_zoo_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_zoo.py"), "--smoke", "--out", str(tmp_path / "out"),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    methods = {r["method"] for r in result["runs"]}
+    assert methods == {"mclnf-city", "nerfacto"}
+    for r in result["runs"]:
+        assert math.isfinite(r["test_psnr"]) and r["steps"] >= 1 and r["train_s"] > 0
+    assert "| orbit_tower |" in (tmp_path / "out" / "results.md").read_text()
+    assert (tmp_path / "out" / "renders.jpg").stat().st_size > 1000
