@@ -144,7 +144,7 @@ def test_pointcloud(trained_config, tmp_path):
     assert np.stack([v["red"], v["green"], v["blue"]], axis=1).std(axis=0).max() > 5
 
 
-def test_map(trained_config, tmp_path):
+def test_map(trained_config, city, tmp_path):
     from PIL import Image
 
     out = tmp_path / "map"
@@ -154,7 +154,10 @@ def test_map(trained_config, tmp_path):
     height = np.load(out / "height.npy")
     height16 = np.asarray(Image.open(out / "height.png"))
     assert rgb.shape == (meta["height"], meta["width"], 3) and height.shape == rgb.shape[:2] == height16.shape
-    assert 80 <= meta["width"] <= 100 and meta["units_per_pixel"] == 2  # a ~180 m city at 2 m per pixel
+    # The city box at 2 m per pixel (the box holds the city and the ground its cameras see).
+    box = city.partition.city_box()
+    extent_m = float(box[1, 0] - box[0, 0]) / city.frame.scale
+    assert abs(meta["width"] - extent_m / 2) <= 2 and meta["units_per_pixel"] == 2
     assert rgb.std() > 3
     finite = np.isfinite(height)
     assert finite.mean() > 0.1 and np.all((height[finite] > -5) & (height[finite] < 40))  # metres, ground at 0
