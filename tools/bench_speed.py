@@ -243,6 +243,18 @@ def parse_method(entry: str):
     return entry
 
 
+def run_logged(cmd: List[str], env: Dict[str, str], log: Path, result_path: Path, label: str) -> Dict:
+    """Run a worker process with its output in `log`; its JSON result with the kernel-measured peak RSS."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{label} failed, see {log}:\n{log.read_text(errors='replace')[-3000:]}")
+    result = json.loads(result_path.read_text())
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024.0
+    return result
+
+
 def run_method(args, logs: Path, method: str, rays: int, steps: int, label: str, r: int, budget: float = 0.0) -> Dict:
     """One worker process; its result with the kernel-measured peak RSS."""
     name = f"{''.join(c if c.isalnum() or c in '-.' else '_' for c in label)}_{r}"  # a file name
@@ -257,13 +269,7 @@ def run_method(args, logs: Path, method: str, rays: int, steps: int, label: str,
            "--window", str(args.window), "--calibration-steps", str(args.calibration_steps), "--margin", str(args.margin)]
     if args.mclnf_set:
         cmd += ["--mclnf-set", *(f"{path}={value!r}" for path, value in args.mclnf_set)]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{label} failed, see {log}:\n{log.read_text(errors='replace')[-3000:]}")
-    result = json.loads(result_path.read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024.0
+    result = run_logged(cmd, env, log, result_path, label)
     print(f"{label:28s} run {r}: {result['rays_per_step']} rays/step, {result['train_rays_per_s']:,.0f} train rays/s, "
           f"PSNR {result['test_psnr']:.2f} after {result['steps']} steps in {result['train_s']:.0f} s, "
           f"{result['eval_rays_per_s']:,.0f} eval rays/s, peak RSS {result['peak_rss_mb']:,.0f} MB", flush=True)

@@ -34,7 +34,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -163,6 +162,8 @@ def run_worker(args) -> None:
 
 def run_method(args, logs: Path, capture: str, data: Path, method: str, seed: int, budget: float) -> Dict:
     """One worker process; its result with the kernel-measured peak RSS."""
+    from bench_speed import run_logged
+
     label = f"{capture}_{method}_seed{seed}"
     result_path, log = logs / f"{label}.json", logs / f"{label}.log"
     render_dir = args.out / "renders" / label
@@ -174,13 +175,8 @@ def run_method(args, logs: Path, capture: str, data: Path, method: str, seed: in
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     if method == "nerfacto":
         env["MCLNF_MALLOC"] = "default"  # nerfacto as a nerfstudio user gets it
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{label} failed, see {log}:\n{log.read_text(errors='replace')[-3000:]}")
-    result = json.loads(result_path.read_text())
-    result.update(capture=capture, method=method, seed=seed, peak_rss_mb=usage.ru_maxrss / 1024.0, render_dir=str(render_dir))
+    result = run_logged(cmd, env, log, result_path, label)
+    result.update(capture=capture, method=method, seed=seed, render_dir=str(render_dir))
     print(f"{capture:24s} {method:10s} seed {seed}: PSNR {result['test_psnr']:.2f} SSIM {result['test_ssim']:.3f} "
           f"after {result['steps']} steps in {result['train_s']:.0f} s", flush=True)
     return result
