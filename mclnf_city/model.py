@@ -14,7 +14,6 @@ far-field colour of the block where the ray leaves the city for what remains.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,6 +87,9 @@ class BlockCache:
         self.put(b, freeze(module).to(device))
         return self._blocks[b]
 
+    def drop(self, b: int) -> None:
+        self._blocks.pop(b, None)
+
     def loaded(self) -> List[int]:
         return list(self._blocks)
 
@@ -145,9 +147,9 @@ class CityModel(Model):
         self.active_block.fill_(b)
 
     def block_finished(self, b: int) -> None:
-        """Keep a frozen copy of the finished active slot (what was just written to the store)."""
-        assert int(self.active_block) == b
-        self.frozen.put(b, freeze(copy.deepcopy(self.active)))
+        """Block b answers from now on, with the weights the store holds (read on first use):
+        never the active slot, which after a resume may hold θ_shared or other weights."""
+        self.frozen.drop(b)
         self.done_blocks.add(b)
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:

@@ -6,9 +6,10 @@
   never computes it, and a resumed run ends where the stream ends.
 - Checkpoints are written atomically: a SIGKILL mid-save never leaves a truncated
   "latest" checkpoint behind.
-- With several processes (`--machine.num-devices N`, see `mclnf_city/distributed.py`) a
-  resumed run restarts at the first wave with an unfinished block: the store, not a
-  checkpoint, is the truth, and each process loses at most the block it was training.
+- The store, not a checkpoint, is the truth: a resumed run starts no earlier than the first
+  wave with an unfinished block (with one process, the checkpoint's step if it is later; with
+  several, `--machine.num-devices N`, see `mclnf_city/distributed.py`, that wave's start, and
+  each process loses at most the block it was training).
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ class CityTrainer(Trainer):
     def setup(self, test_mode="val") -> None:
         self.config.resolve_store_dir()
         super().setup(test_mode=test_mode)
-        if self.world_size > 1 and test_mode == "val":
-            self._start_step = self.pipeline.resume_step()
-            self.pipeline.model.active_block.fill_(-1)  # every process starts its block afresh
+        if test_mode == "val":
+            if self.world_size > 1:
+                self._start_step = self.pipeline.resume_step()
+                self.pipeline.model.active_block.fill_(-1)  # every process starts its block afresh
+            else:  # a checkpoint older than the store's last block: that block is not trained again
+                self._start_step = max(self._start_step, self.pipeline.resume_step())
         self.config.max_num_iterations = max(self.pipeline.total_steps - self._start_step, 0)
 
     def train(self) -> None:

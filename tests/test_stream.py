@@ -166,3 +166,69 @@ def test_meta_continual_moves_theta_towards_each_finished_block(tiny_capture, tm
     meta = CityStore(pipeline.store.root).manifest["prior"]["meta"]
     assert meta["continual_absorbed"] == [first]
     _assert_active_starts_from(pipeline, seen[first])
+
+
+def test_a_finished_block_answers_with_the_stored_weights(trained):
+    """A block the store holds, 'finished' again (a wave restarted with it inside): what answers
+    for it is the stored block, not the active slot (θ_shared here)."""
+    _, pipeline, views, at_finish = trained
+    b = pipeline.stream[0]
+    trainer, pipeline._trainer = pipeline._trainer, None  # no checkpoint from this test
+    try:
+        pipeline._start_block(b)
+        pipeline.finish_block(b, step=0)
+    finally:
+        pipeline._trainer = trainer
+    cached = pipeline.model.frozen.get(b, "cpu").state_dict()
+    for k, v in pipeline.store.load_block(b).items():
+        assert torch.equal(cached[k], v), f"block {b}: {k} is not what the store holds"
+    assert torch.equal(pipeline.render_block_alone(b, views.get(b, [0])), at_finish[b]["alone"])
+
+def test_a_resume_after_a_kill_between_store_and_checkpoint_uses_the_stored_block(tiny_capture, tmp_path):
+    """Killed after block B was stored but before its checkpoint: the resumed run skips B's steps,
+    and B answers (for later blocks and the report) with the weights the store holds."""
+    spb = 4
+    config = tiny_trainer_config(tiny_capture, tmp_path, steps_per_block=spb)
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    save, saved = trainer.save_checkpoint, []
+
+    def save_or_die(step):
+        if saved:
+            raise KeyboardInterrupt("killed before the checkpoint")
+        save(step)
+        saved.append(step)
+
+    trainer.save_checkpoint = save_or_die
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    store = trainer.pipeline.store
+    first, second = trainer.pipeline.stream[:2]
+    assert saved == [spb - 1] and store.status(first) == DONE and store.status(second) == DONE
+    stored = store.load_block(second)
+    sha = store.block(second)["sha256"]
+
+    resumed = tiny_trainer_config(tiny_capture, tmp_path, steps_per_block=spb)
+    resumed.timestamp = config.timestamp + "_resumed"
+    resumed.load_dir = trainer.checkpoint_dir
+    resumed.save_config()
+    again = resumed.setup(local_rank=0, world_size=1)
+    again.setup()
+    pipeline = again.pipeline
+    assert pipeline.store.root == store.root
+    assert again._start_step == 2 * spb, "the resumed run must not spend steps on a block the store holds"
+    steps = []
+    trains = pipeline.get_train_loss_dict
+    pipeline.get_train_loss_dict = lambda step: (steps.append(step), trains(step))[1]
+    again.train()
+    assert min(steps) == 2 * spb
+    pipeline.store.refresh()
+    assert pipeline.store.block(second)["sha256"] == sha
+    cached = pipeline.model.frozen.get(second, "cpu").state_dict()
+    for k, v in stored.items():
+        assert torch.equal(cached[k], v), f"block {second}: {k} is not what the store holds"
+    import json
+
+    report = json.loads((pipeline.store.root / "report" / "metrics.json").read_text())
+    assert all(entry["renders_alone_bit_identical"] in (True, None) for entry in report["blocks"].values())
