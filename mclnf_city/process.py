@@ -921,6 +921,25 @@ def gather_input(options: ProcessOptions, image_dir: Path, reporter: Reporter) -
     return sorted(sizes), sizes, None
 
 
+def check_output(output: Path, inputs: List[Tuple[str, Path]], overwrite: bool) -> None:
+    """Refuse, before anything is touched, an output that publishing would break: one that is,
+    holds or lies inside an input (replacing it would delete the input), or an existing folder
+    that is not a capture this tool wrote (--overwrite replaces only those)."""
+    out = output.resolve()
+    for label, path in inputs:
+        src = Path(path).resolve()
+        relation = "is" if out == src else "contains" if out in src.parents else "lies inside" if src in out.parents else None
+        if relation:
+            raise CaptureError(f"{output}: the output {relation} the {label} {path}; choose an output folder apart from it")
+    if not output.exists():
+        return
+    if not overwrite:
+        raise CaptureError(f"{output}: already exists; pass --overwrite to replace it")
+    if not output.is_dir() or (any(output.iterdir()) and not (output / "process_summary.json").is_file()):
+        raise CaptureError(f"{output}: exists and is not a capture mclnf-process wrote (no process_summary.json); "
+                           "--overwrite replaces only those: choose another output")
+
+
 def validate_options(options: ProcessOptions) -> None:
     """Reject bad option values before any work is done."""
     if options.matching not in MATCHING_METHODS:
@@ -931,10 +950,8 @@ def validate_options(options: ProcessOptions) -> None:
         raise CaptureError(f"--mixed-sizes must be per-image or refuse, got {options.mixed_sizes!r}")
     if options.max_size is not None and options.max_size < 64:
         raise CaptureError(f"--max-size must be at least 64 pixels, got {options.max_size}")
-    if Path(options.output).exists() and not options.overwrite:
-        raise CaptureError(f"{options.output}: already exists; pass --overwrite to replace it")
-    if Path(options.output).resolve() == Path(options.input).resolve():
-        raise CaptureError(f"{options.output}: output must differ from the input")
+    inputs = [("input", options.input)] + ([("--register-into capture", options.register_into)] if options.register_into else [])
+    check_output(Path(options.output), inputs, options.overwrite)
     if options.min_registered < 1:
         raise CaptureError(f"--min-registered must be at least 1, got {options.min_registered}")
 

@@ -275,8 +275,6 @@ def register_into(options) -> "ProcessSummary":  # noqa: F821 - ProcessSummary l
 
     capture = Path(options.register_into)
     output = Path(options.output)
-    if output.resolve() == capture.resolve():
-        raise CaptureError(f"{output}: output must differ from the --register-into capture (it is read, never changed)")
     if options.matching != "auto":
         raise CaptureError("--matching does not apply with --register-into: new photos are matched with each other and with every photo of the capture")
     reporter = Reporter(quiet=options.quiet)

@@ -217,6 +217,43 @@ def test_existing_output_is_not_replaced_without_overwrite(tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
+
+def _photos(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for f in sorted(DOOR.iterdir())[:3]:
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.mark.parametrize("where", ["parent", "same", "inside"])
+def test_output_that_holds_or_is_the_input_is_refused_before_anything_is_touched(tmp_path, where):
+    """`mclnf-process X/in X --overwrite` must not publish over (and delete) the photos."""
+    src = _photos(tmp_path / "x" / "in")
+    out = {"parent": tmp_path / "x", "same": src, "inside": src / "out"}[where]
+    before = sorted(p.name for p in src.iterdir())
+    with pytest.raises(CaptureError, match="the input"):
+        process(_options(src, out, overwrite=True))
+    assert sorted(p.name for p in src.iterdir()) == before
+    assert not list(tmp_path.rglob(".*incomplete*"))
+
+
+def test_overwrite_replaces_only_a_capture_this_tool_wrote(tmp_path):
+    out = tmp_path / "documents"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    with pytest.raises(CaptureError, match="not a capture mclnf-process wrote"):
+        process(_options(DOOR, out, overwrite=True))
+    assert (out / "thesis.tex").read_text() == "mine"
+
+
+def test_register_into_output_holding_the_capture_is_refused(tmp_path):
+    capture = tmp_path / "city" / "capture"
+    capture.mkdir(parents=True)
+    (capture / "transforms.json").write_text("{}")
+    with pytest.raises(CaptureError, match="--register-into capture"):
+        process(_options(_photos(tmp_path / "new"), tmp_path / "city", overwrite=True, register_into=capture))
+    assert (capture / "transforms.json").exists()
+
 def test_cli_exit_codes_and_help(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), str(tmp_path / "out"), "--quiet"]) == 1
