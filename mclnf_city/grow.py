@@ -11,7 +11,7 @@ A grown run has a store of its own (`<run>/city`), seeded from the old city's st
   The old run and its store stay as they were and keep working.
 - **Partition**: the old grid with cells appended where the newest photos look beyond the
   city (same block size, height range and overlap; `BlockPartition.cells`), so old blocks keep
-  their ids and boxes. New blocks start from the city's stored prior θ_shared (`prior.pt`).
+  their ids and boxes. New blocks start from the city's stored prior θ_shared.
 - **Frame**: nerfstudio's dataparser re-centres, re-orients and rescales poses from all the
   cameras it reads, so the grown capture would land in another frame than the one the
   blocks were trained in. The city records the transform and scale its dataparser applied
@@ -437,7 +437,6 @@ def seed_store(store: CityStore, old: CityStore, config, outputs) -> None:
         )
     frame = find_frame(config)
     blocks: Dict[str, Any] = {}
-    files = ["prior.pt"] if old.manifest.get("prior") else []
     for b in range(n_old):
         entry = copy.deepcopy(old.block(b))
         entry.pop("recapture", None)  # an unfinished re-capture of the old city is not carried over
@@ -445,12 +444,10 @@ def seed_store(store: CityStore, old: CityStore, config, outputs) -> None:
             entry = {"status": WAITING}
         if b in recapture:
             entry["recapture"] = {"version": int(entry.get("version", 1)) + 1, "status": WAITING}
-        files += [entry["file"]] if "file" in entry else []
-        files += [v["file"] for v in entry.get("versions", []) if "file" in v]
         blocks[str(b)] = entry
     for b in new_blocks:
         blocks[str(b)] = {"status": WAITING}
-    for rel in files:
+    for rel in old.files():  # each checked to lie inside the old store
         link_file(old.root / rel, store.root / rel)
     manifest = {
         "version": MANIFEST_VERSION,

@@ -3,8 +3,13 @@
 Layout of ``<run>/city/``::
 
     manifest.json      partition, stream order, per-block status / metrics / checksums
-    prior.pt           θ_shared, the initialisation every block starts from
+    prior-<sha>.pt     θ_shared, the initialisation every block starts from
     blocks/block_007.pt
+
+Every file is written under a new name first and the manifest update that names it is the
+commit point, so a reader holding an older manifest still finds the files it names (the
+prior before the current one is kept for that reader). Every path read from a manifest must
+lie inside the store (`CityStore.path`): a crafted manifest reaches nothing beyond it.
 
 Every write is atomic (temp file, fsync, rename), so a killed run loses at most the
 block it was training. Every read checks the SHA-256 recorded in the manifest, and
@@ -27,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -178,21 +183,57 @@ class CityStore:
         self.block(b)
         self._update(lambda m: m["blocks"][str(b)].setdefault("metrics", {}).__setitem__(key, metrics))
 
+    # ----- files the manifest names -----
+    def path(self, rel: str, what: str) -> Path:
+        """The file a manifest entry names, refused unless it lies inside the store (no absolute
+        path, no '..', no symlink out of it)."""
+        inside = not Path(rel).is_absolute() and ".." not in Path(rel).parts
+        if not inside or not (self.root / rel).resolve().is_relative_to(self.root.resolve()):
+            raise StoreError(f"{what}: file {rel!r} named in {self.manifest_path} lies outside the store; refusing to use it")
+        return self.root / rel
+
+    def files(self) -> List[str]:
+        """Every file the manifest names (prior and the one before it, blocks, earlier versions of
+        re-captured blocks), as paths relative to the store, each checked to lie inside it."""
+        named = []
+        prior = self.manifest.get("prior") or {}
+        named += [(prior[k], "prior") for k in ("file", "previous_file") if k in prior]
+        for b, entry in sorted(self.manifest.get("blocks", {}).items(), key=lambda kv: int(kv[0])):
+            named += [(entry["file"], f"block {b}")] if "file" in entry else []
+            named += [(v["file"], f"block {b} version {v.get('version', '?')}") for v in entry.get("versions", []) if "file" in v]
+        for rel, what in named:
+            self.path(rel, what)
+        return [rel for rel, _ in named]
+
     # ----- prior -----
     def write_prior(self, state: Dict[str, torch.Tensor], source: str, meta: Optional[Dict[str, Any]] = None) -> None:
         """Record θ_shared; `meta` holds the meta-learning settings when it was meta-trained here."""
         data = tensor_bytes(state)
-        atomic_write_bytes(self.root / "prior.pt", data)
-        entry = {"file": "prior.pt", "sha256": sha256(data), "source": source}
+        digest = sha256(data)
+        rel = f"prior-{digest[:16]}.pt"
+        atomic_write_bytes(self.root / rel, data)
+        entry = {"file": rel, "sha256": digest, "source": source}
         if meta is not None:
             entry["meta"] = meta
-        self._update(lambda m: m.__setitem__("prior", entry))
+
+        def change(manifest: Dict[str, Any]) -> None:  # the commit point
+            before = manifest.get("prior") or {}
+            if before.get("file") not in (None, rel):
+                entry["previous_file"] = before["file"]
+            manifest["prior"] = entry
+
+        self._update(change)
+        now = self.manifest.get("prior") or {}
+        keep = {now.get("file"), now.get("previous_file")}  # what the manifest on disk names
+        for old in self.root.glob("prior*.pt"):
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
 
     def load_prior(self) -> Dict[str, torch.Tensor]:
         entry = self.manifest.get("prior")
         if not entry:
             raise StoreError(f"no prior recorded in {self.manifest_path}")
-        return load_checked(self.root / entry["file"], entry["sha256"], "prior")
+        return load_checked(self.path(entry["file"], "prior"), entry["sha256"], "prior")
 
     # ----- blocks -----
     def write_block(self, b: int, state: Dict[str, torch.Tensor], steps: int, metrics: Dict[str, float], **fields: Any) -> None:
@@ -213,13 +254,13 @@ class CityStore:
         entry = self.block(b)
         if entry["status"] != DONE:
             raise StoreError(f"block {b} is not finished (status {entry['status']}) in {self.manifest_path}")
-        return load_checked(self.root / entry["file"], entry["sha256"], f"block {b}")
+        return load_checked(self.path(entry["file"], f"block {b}"), entry["sha256"], f"block {b}")
 
     def verify(self) -> None:
         """Check every finished block file against its checksum (fast fail before a long job)."""
         for b in self.done_blocks():
             entry = self.block(b)
-            path = self.root / entry["file"]
+            path = self.path(entry["file"], f"block {b}")
             if not path.exists():
                 raise StoreError(f"block {b}: file missing: {path}")
             if sha256(path.read_bytes()) != entry["sha256"]:

@@ -105,3 +105,51 @@ def test_prior_round_trip_is_strict(tmp_path):
     bad.pop(next(iter(bad)))
     with pytest.raises(ValueError, match="missing"):
         again.load_prior(bad)
+
+
+@pytest.mark.parametrize("escape", ["../../outside.pt", "/tmp/outside.pt", "blocks/../../outside.pt", "symlink"])
+def test_manifest_paths_must_stay_inside_the_store(tmp_path, escape):
+    """A crafted manifest cannot make the store read (or a grown run link) files outside it."""
+    store, _ = _store_with_block(tmp_path)
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes((store.root / store.block(1)["file"]).read_bytes())
+    if escape == "symlink":
+        (store.root / "blocks" / "evil.pt").symlink_to(outside)
+        escape = "blocks/evil.pt"
+    manifest = json.loads(store.manifest_path.read_text())
+    manifest["blocks"]["1"]["file"] = escape
+    store.manifest_path.write_text(json.dumps(manifest))
+    crafted = CityStore(store.root)
+    for read in (lambda: crafted.load_block(1), crafted.verify, crafted.files):
+        with pytest.raises(StoreError, match=r"block 1: .*outside the store"):
+            read()
+
+
+def test_an_old_block_version_outside_the_store_is_refused(tmp_path):
+    store, _ = _store_with_block(tmp_path)
+    manifest = json.loads(store.manifest_path.read_text())
+    manifest["blocks"]["1"]["versions"] = [{"file": "../../etc/passwd", "version": 1}]
+    store.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"block 1 version 1: .*outside the store"):
+        CityStore(store.root).files()
+
+
+def test_a_reader_between_prior_writes_never_sees_a_checksum_error(tmp_path, monkeypatch):
+    """The prior file is written under a new name and the manifest switch is the commit point:
+    a reader that opened the manifest before a new prior was written still loads the old one."""
+    store = CityStore(tmp_path / "city")
+    store.create(_partition(), {}, {})
+    first, second = BlockField(SPEC, 5).prior_state(), BlockField(SPEC, 5).prior_state()
+    store.write_prior(first, source="first")
+    reader = CityStore(store.root)  # read the manifest now
+    commits = []
+    monkeypatch.setattr(CityStore, "_update", lambda self, change: commits.append(change))  # killed before the commit
+    store.write_prior(second, source="second")
+    assert len(commits) == 1
+    for k, v in reader.load_prior().items():
+        assert torch.equal(v, first[k])
+    monkeypatch.undo()
+    store.write_prior(second, source="second")
+    for k, v in CityStore(store.root).load_prior().items():
+        assert torch.equal(v, second[k])
+    assert {p.relative_to(store.root).as_posix() for p in store.root.glob("prior*.pt")} <= set(CityStore(store.root).files())

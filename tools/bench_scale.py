@@ -282,7 +282,7 @@ def stream_city(args, data: Path, work: Path, sampler: RssSampler) -> Tuple[obje
         "block_file_bytes": {str(b): n for b, n in files.items()},
         "block_file_mean_bytes": statistics.mean(files.values()),
         "manifest_bytes": store.manifest_path.stat().st_size,
-        "prior_bytes": (store.root / "prior.pt").stat().st_size,
+        "prior_bytes": (store.root / store.manifest["prior"]["file"]).stat().st_size,
         "partition_bytes": (store.root / "partition.json").stat().st_size,
         "store_total_bytes": sum(p.stat().st_size for p in store.root.rglob("*") if p.is_file() and "report" not in p.parts),
         "checkpoint_bytes": sum(p.stat().st_size for p in trainer.checkpoint_dir.glob("*.ckpt")),
