@@ -62,6 +62,8 @@ def kernel_status() -> str:
 
 
 class _FusedHashGrid(torch.autograd.Function):
+    """enc = A(coords) · table: the encoding is linear in the table (A interpolates and hashes)."""
+
     @staticmethod
     def forward(ctx, coords: Tensor, table: Tensor, scalings: Tensor) -> Tensor:
         ctx.save_for_backward(coords, table, scalings)
@@ -69,8 +71,24 @@ class _FusedHashGrid(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        coords, table, scalings = ctx.saved_tensors  # the table only gives the gradient's shape
-        return None, kernel().backward(grad_out, coords, table, scalings), None
+        coords, table, scalings = ctx.saved_tensors
+        return None, _FusedHashGridTranspose.apply(grad_out, coords, table, scalings), None
+
+
+class _FusedHashGridTranspose(torch.autograd.Function):
+    """The table's gradient Aᵀ · grad_out. It is linear in grad_out and does not depend on the
+    table, so its own gradient is A · v, the forward kernel again: derivatives of every order
+    (second-order MAML's) stay fused and exact."""
+
+    @staticmethod
+    def forward(ctx, grad_out: Tensor, coords: Tensor, table: Tensor, scalings: Tensor) -> Tensor:
+        ctx.save_for_backward(coords, scalings)  # the table only gives the gradient's shape
+        return kernel().backward(grad_out.contiguous(), coords, table, scalings)
+
+    @staticmethod
+    def backward(ctx, v: Tensor):
+        coords, scalings = ctx.saved_tensors
+        return _FusedHashGrid.apply(coords, v.contiguous(), scalings), None, None, None
 
 
 def encode(encoding: HashEncoding, coords: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ batches (inner loop) and a query batch (outer loss).
 with φ_i = θ after the inner loop: plain SGD steps ``φ ← φ − α ∇ L_support(φ)``.
 
 `CityPipeline` runs `--pipeline.meta.meta-steps` outer steps on the capture's own blocks
-before streaming (off by default until the benchmark of issue 3 says what helps).
+before streaming (off by default; the benchmarks page has what it was measured to do).
 """
 
 from __future__ import annotations
