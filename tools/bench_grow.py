@@ -13,9 +13,19 @@ PSNR of the old and the grown city on every test view of the grown capture (spli
 the old and of the new photos), and wall times. --from-scratch trains the grown capture as one new
 city instead (the baseline: every block, all photos from the start).
 
+The test views are chosen once, every 8th frame of the whole city by file name, and written into
+both captures' transforms.json as nerfstudio's explicit split lists: the old capture holds the
+ones among its photos. No run (old, grown, from scratch) trains on any of them, and every run is
+scored on the same images; the script checks both and records the lists under "split".
+
+--smoke (city only; door needs tens of seconds of SfM on real photos, so it is not covered):
+fewer cameras of 40x30, a few steps per block, fewer rays and samples; seconds, run by the test
+suite to check that the benchmark's code paths still run, not to measure anything.
+
     python tools/bench_grow.py door --out docs/bench_grow_door.json
     python tools/bench_grow.py city --steps-per-block 200 --out docs/bench_grow_city.json
     python tools/bench_grow.py city --steps-per-block 200 --from-scratch --out docs/bench_grow_scratch.json
+    python tools/bench_grow.py city --smoke --out /tmp/bench_grow_smoke.json
 """
 
 from __future__ import annotations
@@ -29,13 +39,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Sequence
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
+
+TEST_EVERY = 8  # as the data manager's own interval split, so the grown run tests what ns-train would
+# fewer cameras too (32 drone photos instead of 201): rendering the test views is most of a smoke run
+SMOKE = dict(width=40, height=30, steps_per_block=2, rays=128, samples=8, cameras=dict(drone_step=30.0, drone_line_spacing=45.0, street_paths="none"))
 
 
 def door(args) -> Dict:
@@ -103,22 +117,78 @@ def aligned_on(ours, truth, fit_names, test_names) -> Dict:
             "max_centre_error_fraction": max(v["centre_error_fraction"] for v in out.values()), "per_image": out}
 
 
+def choose_test_files(file_paths: Sequence[str], every: int = TEST_EVERY) -> List[str]:
+    """Every `every`-th frame by file name: what nerfstudio's interval split picks (it sorts frames by name)."""
+    return sorted(file_paths)[::every]
+
+
+def split_lists(file_paths: Sequence[str], test_files: Sequence[str]) -> Dict[str, List[str]]:
+    """transforms.json split lists for a capture holding `file_paths`: the test files among them are its
+    val and test split (ns-train evaluates on val, ns-eval on test), all other frames train."""
+    test = set(test_files)
+    held = sorted(p for p in file_paths if p in test)
+    return {"train_filenames": sorted(p for p in file_paths if p not in test), "val_filenames": held, "test_filenames": held}
+
+
+def image_names(dataset) -> List[str]:
+    return [Path(n).name for n in dataset._dataparser_outputs.image_filenames]
+
+
+def check_split(runs: Dict, test_files: Sequence[str]) -> Dict:
+    """The train and test images of each run (name -> pipeline) as its data manager loaded them; fails if
+    a run trains on a test view or tests on an image that is not one."""
+    test = set(test_files)
+    record = {"every": TEST_EVERY, "test_files": sorted(test), "runs": {}}
+    for name, pipe in runs.items():
+        train, evals = image_names(pipe.datamanager.train_dataset), image_names(pipe.datamanager.eval_dataset)
+        leaked = sorted(test.intersection(train))
+        assert not leaked, f"{name} trains on test views {leaked}"
+        strays = sorted(set(evals) - test)
+        assert not strays, f"{name} tests on {strays}, which are not among the chosen test views"
+        record["runs"][name] = {"train_files": train, "test_files": evals}
+    return record
+
+
+def render(pipe, cam, solo=None):
+    """RGB of one camera rendered as the city's metrics see it (every block), or by block `solo` alone."""
+    import torch
+
+    pipe.model.eval()
+    pipe.model.solo_block = solo
+    try:
+        with torch.no_grad(), pipe.model.for_evaluation():
+            return pipe.model.get_outputs_for_camera(cam)["rgb"].cpu()
+    finally:
+        pipe.model.solo_block = None
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def city(args) -> Dict:
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_grow_city_"))
+    try:
+        return city_in(args, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def city_in(args, work: Path) -> Dict:
     import torch
 
     from city_runs import preset_config, setup_trainer
     from make_city import generate_city
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench_grow_city_"))
     full = generate_city(work / "full", seed=args.seed, progress=False, verbose=False, blocks_x=3, blocks_y=2,
-                         image_width=args.width, image_height=args.height)
+                         image_width=args.width, image_height=args.height, **(SMOKE["cameras"] if args.smoke else {}))
     meta = json.loads((full / "transforms.json").read_text())
     frames = meta.pop("frames")
     west = [f for f in frames if f["transform_matrix"][0][3] < args.split_x]
+    # chosen on the whole city, so the old capture's test views are the grown one's among the old photos
+    test_paths = choose_test_files([f["file_path"] for f in frames])
+    test_files = [Path(p).name for p in test_paths]
 
     def capture(name, chosen, keep_x=None):
         dst = work / name
@@ -130,7 +200,8 @@ def city(args) -> Dict:
         vertex = PlyData.read(str(full / "sparse_pc.ply"))["vertex"].data
         keep = vertex if keep_x is None else vertex[vertex["x"] < keep_x]
         PlyData([PlyElement.describe(keep, "vertex")]).write(str(dst / "sparse_pc.ply"))
-        (dst / "transforms.json").write_text(json.dumps({**meta, "frames": chosen}, indent=1))
+        split = split_lists([f["file_path"] for f in chosen], test_paths)
+        (dst / "transforms.json").write_text(json.dumps({**meta, **split, "frames": chosen}, indent=1))
         return dst
 
     old = capture("old", west, keep_x=args.split_x)
@@ -139,13 +210,15 @@ def city(args) -> Dict:
 
     def train(data, **pipeline):
         config = preset_config("mclnf-city-tiny", data, work / "runs", args.steps_per_block, rays=args.rays, **pipeline)
+        if args.smoke:
+            config.pipeline.model.num_coarse_samples = config.pipeline.model.num_fine_samples = SMOKE["samples"]
         start = time.perf_counter()
         trainer = setup_trainer(config)
         trainer.train()
         return trainer, time.perf_counter() - start
 
     if args.from_scratch:
-        return from_scratch(args, grown, new_names, train)
+        return from_scratch(args, grown, new_names, test_files, train)
     old_trainer, old_seconds = train(old)
     old_pipe = old_trainer.pipeline
     old_store = old_pipe.store.root
@@ -153,28 +226,19 @@ def city(args) -> Dict:
 
     def camera(pipe, name):
         for ds in (pipe.datamanager.eval_dataset, pipe.datamanager.train_dataset):
-            names = [Path(n).name for n in ds._dataparser_outputs.image_filenames]
+            names = image_names(ds)
             if name in names:
                 i = names.index(name)
                 return ds.cameras[i : i + 1]
         raise KeyError(name)
 
-    @torch.no_grad()
-    def render(pipe, cam, solo=None):
-        pipe.model.eval()
-        pipe.model.solo_block = solo
-        try:
-            with pipe.model.every_block_shown():
-                return pipe.model.get_outputs_for_camera(cam)["rgb"].cpu()
-        finally:
-            pipe.model.solo_block = None
-
-    eval_names = [Path(n).name for n in old_pipe.datamanager.eval_dataset._dataparser_outputs.image_filenames]
+    eval_names = image_names(old_pipe.datamanager.eval_dataset)
     groups = {b: [eval_names[i] for i in v] for b, v in old_pipe.test_views_by_block().items()}
     solo_before = {(b, n): render(old_pipe, camera(old_pipe, n), b) for b in old_pipe.store.done_blocks() for n in groups.get(b, [])}
 
     grown_trainer, grown_seconds = train(grown, grow_city=old_store)
     grown_pipe = grown_trainer.pipeline
+    split = check_split({"old_city": old_pipe, "grown_city": grown_pipe}, test_files)
     manifest = grown_pipe.store.manifest
     files_after = {p.relative_to(old_store).as_posix(): _sha(p) for p in sorted(old_store.rglob("*.pt"))}
     linked_same = all(_sha(grown_pipe.store.root / rel) == sha for rel, sha in files_before.items())
@@ -182,7 +246,7 @@ def city(args) -> Dict:
     solo_same = all(torch.equal(render(grown_pipe, camera(grown_pipe, n), b), before) for (b, n), before in solo_before.items())
 
     # every test view of the grown capture, rendered by the old city and by the grown one
-    rows = test_view_psnr({"old_city": old_pipe, "grown_city": grown_pipe}, grown_pipe, new_names, render)
+    rows = test_view_psnr({"old_city": old_pipe, "grown_city": grown_pipe}, grown_pipe, new_names, test_files)
 
     def mean(key, new):
         values = [r[key] for r in rows if r["new_photo"] == new]
@@ -190,6 +254,7 @@ def city(args) -> Dict:
 
     result = {
         "command": " ".join(sys.argv),
+        "smoke": args.smoke,
         "capture": {"seed": args.seed, "blocks": [3, 2], "image_size": [args.width, args.height], "frames": len(frames),
                     "old_frames": len(west), "new_frames": len(frames) - len(west)},
         "steps_per_block": args.steps_per_block, "rays_per_step": args.rays,
@@ -205,22 +270,23 @@ def city(args) -> Dict:
         "psnr_old_photos": {"old_city": mean("old_city", False), "grown_city": mean("grown_city", False)},
         "psnr_new_photos": {"old_city": mean("old_city", True), "grown_city": mean("grown_city", True)},
         "per_view": rows,
+        "split": split,
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "per_view"}, indent=1))
-    if args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("per_view", "split")}, indent=1))
     return result
 
 
-def test_view_psnr(models, pipe, new_names, render):
-    """PSNR of every test view of `pipe`'s capture for each of `models` (name -> pipeline)."""
+def test_view_psnr(models, pipe, new_names, test_files):
+    """PSNR of every test view of `pipe`'s capture for each of `models` (name -> pipeline); they must be
+    exactly `test_files`, so that every run compared is scored on the same images."""
     from mclnf_city.metrics import image_metrics
 
     ds = pipe.datamanager.eval_dataset
+    names = image_names(ds)
+    assert sorted(names) == sorted(test_files), f"scored on {sorted(set(names) ^ set(test_files))} against the chosen test views"
     rows = []
-    for i in range(len(ds)):
+    for i, name in enumerate(names):
         cam, gt = ds.cameras[i : i + 1], ds[i]["image"][..., :3]
-        name = Path(ds._dataparser_outputs.image_filenames[i]).name
         row = {"view": name, "new_photo": name in new_names}
         for key, model in models.items():
             row[key] = image_metrics(render(model, cam).to(gt), gt)["psnr"]
@@ -228,26 +294,18 @@ def test_view_psnr(models, pipe, new_names, render):
     return rows
 
 
-def from_scratch(args, grown: Path, new_names, train) -> Dict:
+def from_scratch(args, grown: Path, new_names, test_files, train) -> Dict:
     """The baseline: the grown capture trained as one city from the start (every block)."""
-    import torch
-
     trainer, seconds = train(grown, grid=tuple(args.scratch_grid))
     pipe = trainer.pipeline
-
-    @torch.no_grad()
-    def render(p, cam):
-        p.model.eval()
-        with p.model.every_block_shown():
-            return p.model.get_outputs_for_camera(cam)["rgb"].cpu()
-
-    rows = test_view_psnr({"scratch": pipe}, pipe, new_names, render)
+    split = check_split({"scratch": pipe}, test_files)
+    rows = test_view_psnr({"scratch": pipe}, pipe, new_names, test_files)
     mean = lambda new: float(np.mean([r["scratch"] for r in rows if r["new_photo"] == new]))  # noqa: E731
-    result = {"command": " ".join(sys.argv), "steps_per_block": args.steps_per_block, "rays_per_step": args.rays,
+    result = {"command": " ".join(sys.argv), "smoke": args.smoke, "steps_per_block": args.steps_per_block, "rays_per_step": args.rays,
               "from_scratch": {"grid": list(args.scratch_grid), "blocks": pipe.partition.num_blocks, "trained": len(pipe.stream), "seconds": seconds,
                                "iterations": trainer.config.max_num_iterations},
-              "psnr_old_photos": mean(False), "psnr_new_photos": mean(True), "per_view": rows}
-    print(json.dumps({k: v for k, v in result.items() if k != "per_view"}, indent=1))
+              "psnr_old_photos": mean(False), "psnr_new_photos": mean(True), "per_view": rows, "split": split}
+    print(json.dumps({k: v for k, v in result.items() if k not in ("per_view", "split")}, indent=1))
     return result
 
 
@@ -268,7 +326,14 @@ def main() -> None:
     parser.add_argument("--from-scratch", action="store_true", help="city: instead, train the grown capture as one new city (the baseline)")
     parser.add_argument("--scratch-grid", type=int, nargs=2, default=(3, 3),
                         help="--from-scratch: its grid (3 3 = 9 blocks, as many as the grown city trains in all)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="city: seconds, to check that the benchmark runs (32 drone photos of 40x30, 2 steps per block, 128 rays, 8+8 samples; "
+                             "overrides --width, --height, --steps-per-block and --rays). Not for door, whose SfM takes tens of seconds")
     args = parser.parse_args()
+    if args.smoke:
+        if args.part == "door":
+            parser.error("--smoke covers the city benchmark only (door needs tens of seconds of SfM on real photos)")
+        args.width, args.height, args.steps_per_block, args.rays = (SMOKE[k] for k in ("width", "height", "steps_per_block", "rays"))
     result = door(args) if args.part == "door" else city(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
