@@ -128,7 +128,7 @@ class CityModel(Model):
         self.depth_renderer = DepthRenderer(method="expected")
         self.solo_block: Optional[int] = None
         # Blocks the viewer hides: left out of rendered images (they render like empty space).
-        # Never applied while training, nor inside `every_block_shown` (evaluation, reports).
+        # Never applied while training, nor inside `for_evaluation` (evaluation, reports).
         self.hidden_blocks: FrozenSet[int] = frozenset()
         self._evaluating = False
         self.fisher_features = False  # set by the pipeline when FIM-NeRF is on
@@ -153,7 +153,14 @@ class CityModel(Model):
         self.done_blocks.add(b)
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
-        return {"fields": list(self.active.parameters())}
+        # The per-image appearance embeddings have their own optimizer (`--optimizers.appearance`):
+        # at the field's rate they soak up colour that novel views, rendered with the mean
+        # embedding, never get back.
+        named = dict(self.active.named_parameters())
+        groups = {"fields": [p for k, p in named.items() if not k.startswith("appearance.")]}
+        if self.active.appearance is not None:
+            groups["appearance"] = list(self.active.appearance.parameters())
+        return groups
 
     @contextmanager
     def for_evaluation(self) -> Iterator[None]:

@@ -21,7 +21,7 @@ from mclnf_city.trainer import CityTrainerConfig
 NEVER = 1_000_000_000  # nerfstudio's periodic evals are replaced by per-block evaluation
 
 
-def _trainer(method_name: str, pipeline: CityPipelineConfig, lr: float) -> CityTrainerConfig:
+def _trainer(method_name: str, pipeline: CityPipelineConfig, lr: float, appearance_lr: float) -> CityTrainerConfig:
     return CityTrainerConfig(
         method_name=method_name,
         steps_per_eval_batch=NEVER,
@@ -32,7 +32,10 @@ def _trainer(method_name: str, pipeline: CityPipelineConfig, lr: float) -> CityT
         mixed_precision=False,
         machine=MachineConfig(device_type="cuda" if torch.cuda.is_available() else "cpu"),
         pipeline=pipeline,
-        optimizers={"fields": {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}},
+        optimizers={
+            "fields": {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None},
+            "appearance": {"optimizer": AdamOptimizerConfig(lr=appearance_lr, eps=1e-15), "scheduler": None},
+        },
         viewer=ViewerConfig(num_rays_per_chunk=4096, quit_on_train_completion=True),
         vis="viewer",
     )
@@ -54,6 +57,7 @@ mclnf_city = MethodSpecification(
             steps_per_block=2000,
         ),
         lr=2e-2,
+        appearance_lr=2e-2,
     ),
     description="MCL-NF city: spatial blocks streamed one after another, each frozen when done.",
 )
@@ -81,6 +85,7 @@ mclnf_city_tiny = MethodSpecification(
             steps_per_block=400,
         ),
         lr=1e-2,
+        appearance_lr=1e-2,
     ),
     description="Small, fast mclnf-city preset for CPU demos and tests.",
 )
