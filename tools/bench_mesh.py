@@ -14,6 +14,7 @@ Trains the tiny preset on a `tools/make_city.py` capture (or takes a trained run
 Writes a JSON of the numbers and a PNG of the mesh (matplotlib, software rendering).
 
     python tools/bench_mesh.py --out docs/bench_mesh.json --resolution 2 --steps-per-block 400
+    python tools/bench_mesh.py --smoke --work-dir /tmp/w --out /tmp/bench_mesh.json   # seconds: the test suite runs this
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -28,6 +30,9 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# --smoke: a sparse flight (21 images instead of 114), so the per-block evaluations and the city
+# report render few test views.
+SPARSE_FLIGHT = dict(drone_line_spacing=60.0, drone_step=40.0, street_step=80.0)
 
 
 def read_mesh(path: Path) -> Tuple[np.ndarray, np.ndarray]:
@@ -189,12 +194,14 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.nda
     Image.fromarray(image.reshape(h, w, 3)).save(path)
 
 
-def train_city(capture: Path, out: Path, steps_per_block: int, rays: int) -> Path:
+def train_city(capture: Path, out: Path, steps_per_block: int, rays: int, ray_samples: Optional[Tuple[int, int]] = None) -> Path:
     """Train the tiny preset on a capture in-process; returns the run's config.yml."""
     sys.path.insert(0, str(ROOT / "tools"))
     from city_runs import preset_config, setup_trainer
 
     config = preset_config("mclnf-city-tiny", capture, out, steps_per_block, rays=rays)
+    if ray_samples:
+        config.pipeline.model.num_coarse_samples, config.pipeline.model.num_fine_samples = ray_samples
     config.steps_per_save = 10_000
     trainer = setup_trainer(config)
     trainer.train()
@@ -216,7 +223,20 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--samples", type=int, default=200_000, help="surface samples per mesh for the metrics")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_mesh.json")
     parser.add_argument("--png", type=Path, default=None, help="mesh picture (default: beside --out)")
+    parser.add_argument("--png-size", type=int, nargs=2, default=[960, 720], help="mesh picture width height")
+    parser.add_argument("--png-samples", type=int, default=3_000_000, help="surface samples drawn in the mesh picture")
+    parser.add_argument("--ray-samples", type=int, nargs=2, default=None, metavar=("COARSE", "FINE"),
+                        help="samples per ray when training (default: the preset's)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds on a sparse tiny capture, a few steps per block, a coarse lattice: checks that the "
+                             "benchmark runs (other options still override)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        # Defaults, so any option given still wins; never docs/ unless asked for.
+        smoke_dir = Path(tempfile.gettempdir()) / "bench_mesh_smoke"
+        parser.set_defaults(work_dir=smoke_dir, out=smoke_dir / "bench_mesh.json", image_size=[40, 30], steps_per_block=3,
+                            rays=64, ray_samples=[8, 8], resolution=0.25, samples=5000, png_size=[240, 180], png_samples=50_000)
+        args = parser.parse_args(argv)
 
     from mclnf_city import export as ex
 
@@ -230,14 +250,15 @@ def main(argv: Optional[list] = None) -> int:
             sys.path.insert(0, str(ROOT / "tools"))
             from make_city import generate_city
 
-            capture = work / f"city_seed{args.seed}_{args.image_size[0]}x{args.image_size[1]}"
+            flight, sparse = (SPARSE_FLIGHT, "_sparse") if args.smoke else ({}, "")
+            capture = work / f"city_seed{args.seed}_{args.image_size[0]}x{args.image_size[1]}{sparse}"
             if not capture.exists():
                 generate_city(capture, seed=args.seed, progress=False, verbose=False, blocks_x=2, blocks_y=2,
-                              image_width=args.image_size[0], image_height=args.image_size[1])
+                              image_width=args.image_size[0], image_height=args.image_size[1], **flight)
         t = time.time()
-        config_path = train_city(capture, work / "runs", args.steps_per_block, args.rays)
+        config_path = train_city(capture, work / "runs", args.steps_per_block, args.rays, args.ray_samples)
         result["train"] = {"seconds": round(time.time() - t, 1), "steps_per_block": args.steps_per_block, "rays": args.rays,
-                           "capture": str(capture), "preset": "mclnf-city-tiny"}
+                           "ray_samples": args.ray_samples, "capture": str(capture), "preset": "mclnf-city-tiny"}
     else:
         config_path = args.load_config
     city = ex.load_city(config_path)
@@ -275,10 +296,11 @@ def main(argv: Optional[list] = None) -> int:
               f"above ground: chamfer {up['chamfer']:.3f} m, F {up['fscore']:.3f}")
     best = min(result["runs"], key=lambda e: e["metrics"][str(args.tau[len(args.tau) // 2])]["chamfer"])
     png = args.png or args.out.with_suffix(".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
     vertices, faces, colors = read_colored_mesh(Path(best["ply"]))
-    render_mesh(vertices, faces, colors, png)
+    render_mesh(vertices, faces, colors, png, size=tuple(args.png_size), samples=args.png_samples)
     gv, gf = crop_faces(gt_v, gt_f, lo, hi)
-    render_mesh(gv, gf, None, png.with_name(png.stem + "_gt.png"))
+    render_mesh(gv, gf, None, png.with_name(png.stem + "_gt.png"), size=tuple(args.png_size), samples=args.png_samples)
     result["png"] = [str(png), str(png.with_name(png.stem + "_gt.png"))]
     result["seconds"] = round(time.time() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

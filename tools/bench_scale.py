@@ -26,6 +26,8 @@ One command, one machine, one run (17 minutes on one core of the 2-core CPU mach
 
 Writes `--out` (JSON, every number) and prints the tables. Numbers are one run on a shared
 CPU; the point is how they change with the number of blocks, not their absolute size.
+
+    python tools/bench_scale.py --smoke --work /tmp/w --out /tmp/bench_scale.json   # seconds: the test suite runs this
 """
 
 from __future__ import annotations
@@ -214,6 +216,8 @@ def stream_city(args, data: Path, work: Path, sampler: RssSampler) -> Tuple[obje
     """Train every block with the tiny preset, recording memory, loads and time as it goes."""
     config = preset_config("mclnf-city-tiny", data, work / "runs", args.steps_per_block, args.rays, grid=tuple(args.blocks))
     config.pipeline.model.max_loaded_blocks = args.max_loaded_blocks
+    if args.ray_samples:
+        config.pipeline.model.num_coarse_samples, config.pipeline.model.num_fine_samples = args.ray_samples
     config.steps_per_save = 1_000_000_000  # checkpoints still follow every block (pipeline.finish_block)
     t0 = time.time()
     rss_before_setup = proc_status_mb()["VmRSS"]
@@ -300,6 +304,7 @@ def stream_city(args, data: Path, work: Path, sampler: RssSampler) -> Tuple[obje
         "rays_per_block": {str(b): int(len(p)) for b, p in dm.block_pixels.items()},
         "steps_per_block": args.steps_per_block,
         "rays_per_step": args.rays,
+        "ray_samples": [config.pipeline.model.num_coarse_samples, config.pipeline.model.num_fine_samples],
         "max_loaded_blocks": args.max_loaded_blocks,
         "setup_s": setup_s,
         "train_s": train_s,
@@ -366,7 +371,7 @@ def render_scaling(pipeline, args) -> List[Dict]:
                 for state in ("cold", "warm"):
                     probe.reset()
                     start = time.perf_counter()
-                    with model.every_block_shown():
+                    with model.for_evaluation():
                         model.get_outputs_for_camera(camera)
                     row[state] = {"ms": 1000 * (time.perf_counter() - start), "reads": len(probe.loads),
                                   "blocks_touched": len(probe.requested), "max_cached": probe.max_cached,
@@ -531,6 +536,8 @@ def main() -> None:
     g.add_argument("--rays", type=int, default=1024, help="rays per training step")
     g.add_argument("--max-loaded-blocks", type=int, default=8, help="finished blocks in memory at once (LRU cache)")
     g.add_argument("--sample-interval", type=float, default=0.2, help="seconds between VmRSS samples")
+    g.add_argument("--ray-samples", type=int, nargs=2, default=None, metavar=("COARSE", "FINE"),
+                   help="samples per ray (default: the preset's)")
     g = parser.add_argument_group("rendering")
     g.add_argument("--render-sizes", type=int, nargs="+", default=[4, 16, 64], help="city sizes in blocks (squares) to render")
     g.add_argument("--render-size", type=int, nargs=2, default=[128, 96], metavar=("W", "H"), help="rendered view size (px)")
@@ -544,7 +551,22 @@ def main() -> None:
     g.add_argument("--pixels-per-image", type=float, default=1.0e6, help="pixels per training image at city scale")
     g.add_argument("--images-per-block", type=float, default=200.0, help="training images per block at city scale")
     parser.add_argument("--out", type=Path, default=Path("bench_scale.json"), help="JSON written here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds on a 2x2-block city with tiny images and a few steps: checks that the benchmark runs "
+                             "(other options still override)")
     args = parser.parse_args()
+    if args.smoke:
+        # Defaults, so any option given still wins. A sparse flight: few test views to render in the
+        # per-block evaluations and the city report. A cache of 3 of the 4 blocks: the render table
+        # still has its cache-as-large-as-the-city control rows.
+        smoke_dir = Path(tempfile.gettempdir()) / "bench_scale_smoke"
+        parser.set_defaults(work=smoke_dir, out=smoke_dir / "bench_scale.json", blocks=[2, 2], seed=3, image_size=[40, 30],
+                            drone_line_spacing=60.0, drone_step=40.0, street_step=80.0,
+                            steps_per_block=3, rays=64, max_loaded_blocks=3, ray_samples=[8, 8],
+                            render_sizes=[4], render_size=[16, 12], full_steps=3)
+        args = parser.parse_args()
+    if args.steps_per_block < 3 or 0 < args.full_steps < 3:
+        parser.error("--steps-per-block and --full-steps: at least 3 (the first two steps are warm-up, not timed)")
 
     args.work.mkdir(parents=True, exist_ok=True)
     sampler = RssSampler(args.sample_interval)
