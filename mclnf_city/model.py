@@ -153,9 +153,9 @@ class CityModel(Model):
         self.done_blocks.add(b)
 
     def get_param_groups(self) -> Dict[str, List[Parameter]]:
-        # The per-image appearance embeddings have their own optimizer (`--optimizers.appearance`):
-        # at the field's rate they soak up colour that novel views, rendered with the mean
-        # embedding, never get back.
+        # The per-image appearance embeddings have their own optimizer (`--optimizers.appearance`,
+        # lr 0 in the presets): at the field's rate they soak up colour that novel views,
+        # rendered with the mean embedding, never get back.
         named = dict(self.active.named_parameters())
         groups = {"fields": [p for k, p in named.items() if not k.startswith("appearance.")]}
         if self.active.appearance is not None:
