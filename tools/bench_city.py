@@ -20,6 +20,8 @@ steps/10 against random init's after all of them).
 Writes ``summary.json`` (every number) and PNG plots: adaptation curves, per-block PSNR right
 after a block finished vs at the end of the stream (forgetting), wall time per method.
 The default capture is a generated city with a seed no prior was trained on (900).
+
+    python tools/bench_city.py --smoke --out-dir /tmp/bench_city_smoke   # seconds: the test suite runs this
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ VARIANTS = {  # mclnf-city variants: (prior, FIM on)
     "mclnf FIM only": ("random", True),
     "mclnf meta + FIM": ("bundled", True),
 }
+# --smoke: rendering the test views (nerfacto's above all) is most of a smoke run, so the same city at
+# 40x30 from a sparse drone flight (15 images instead of 119: 2 test views) and fewer samples per ray:
+# mclnf-city's coarse and fine, nerfacto's two proposal passes and its final one.
+SMOKE_CITY = dict(image_width=40, image_height=30, drone_line_spacing=60.0, drone_step=40.0, street_paths="none")
+SMOKE_MCLNF_SAMPLES = (8, 8)
+SMOKE_NERFACTO = dict(num_proposal_samples_per_ray=(32, 16), num_nerf_samples_per_ray=16)
+
+
+def smoke_city(out: Path, seed: int) -> Path:
+    """The benchmarks' generated city (`train_prior.CITY`), at smoke size."""
+    from make_city import generate_city
+    from train_prior import CITY
+
+    return generate_city(out, seed=seed, style="downtown", progress=False, verbose=False, **{**CITY, **SMOKE_CITY})
 
 
 def psnr(mse: float) -> float:
@@ -54,8 +70,16 @@ def psnr(mse: float) -> float:
 
 
 # ---------------------------------------------------------------------- mclnf-city
+def mclnf_config(args, data: Path, out: Path, **pipeline):
+    """The preset pointed at the capture, with the benchmark's steps and rays (and a smoke run's samples)."""
+    config = preset_config(args.preset, data, out, args.steps_per_block, args.rays, **pipeline)
+    if args.smoke:
+        config.pipeline.model.num_coarse_samples, config.pipeline.model.num_fine_samples = SMOKE_MCLNF_SAMPLES
+    return config
+
+
 def run_mclnf(args, data: Path, work: Path, name: str, prior: str, fisher: bool, seed: int) -> Dict:
-    config = preset_config(args.preset, data, work / "runs", args.steps_per_block, args.rays, prior=prior, prior_seed=seed)
+    config = mclnf_config(args, data, work / "runs", prior=prior, prior_seed=seed)
     config.pipeline.datamanager.seed = seed
     config.pipeline.fisher.sampling = fisher
     config.pipeline.fisher.loss_weighting = fisher
@@ -81,7 +105,9 @@ def run_mclnf(args, data: Path, work: Path, name: str, prior: str, fisher: bool,
 
 
 # ---------------------------------------------------------------------- nerfacto
-def nerfacto_model(pipeline, seed: int):
+def nerfacto_model(pipeline, seed: int, **sizes):
+    """nerfacto (torch, camera optimiser off) for the pipeline's data; `sizes` override fields of its
+    model config (smoke runs)."""
     from ns_train_offline import _patch_lpips
 
     from nerfstudio.configs.method_configs import method_configs
@@ -90,6 +116,10 @@ def nerfacto_model(pipeline, seed: int):
     config = copy.deepcopy(method_configs["nerfacto"].pipeline.model)
     config.implementation = "torch"
     config.camera_optimizer.mode = "off"
+    for key, value in sizes.items():
+        if not hasattr(config, key):
+            raise AttributeError(f"nerfacto's model config has no field {key!r}")
+        setattr(config, key, value)
     dataset = pipeline.datamanager.train_dataset
     torch.manual_seed(seed)
     model = config.setup(scene_box=dataset.scene_box, num_train_data=len(dataset), metadata=dataset.metadata, device="cpu")
@@ -119,7 +149,7 @@ def run_nerfacto(args, pipeline, sequential: bool, seed: int) -> Dict:
     """nerfacto trained jointly (rays from every pixel) or block by block in stream order."""
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 
-    model, optimizer = nerfacto_model(pipeline, seed)
+    model, optimizer = nerfacto_model(pipeline, seed, **(SMOKE_NERFACTO if args.smoke else {}))
     callbacks = model.get_training_callbacks(TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=pipeline, trainer=None))
     dm = pipeline.datamanager
     saved_seed = dm.train_pixel_sampler.seed
@@ -347,20 +377,32 @@ def main() -> None:
     parser.add_argument("--merge", nargs="*", type=Path, default=None,
                         help="only merge these summary.json files (parts run in parallel) into --out-dir, and plot")
     parser.add_argument("--out-dir", type=Path, default=Path("bench_city"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds on a sparse 40x30 city, one step per block, one seed: checks that the benchmark runs "
+                             "(other options still override)")
     args = parser.parse_args()
+    if args.smoke:
+        # Defaults, so any option given still wins; never docs/ unless asked for.
+        parser.set_defaults(steps_per_block=1, rays=64, seeds=1, adapt_steps=2,
+                            out_dir=Path(tempfile.gettempdir()) / "bench_city_smoke")
+        args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.merge:
         merge(args.merge, args.out_dir)
         return
-    work = Path(tempfile.mkdtemp(prefix="bench_city_"))
+    # A smoke run keeps its runs under its output directory, so a test's temporary directory holds it all.
+    work = Path(tempfile.mkdtemp(prefix="bench_city_", dir=args.out_dir if args.smoke else None))
     data = args.data
-    if data is None:
+    if data is None and args.smoke:
+        data = smoke_city(work / "city_900", seed=900)
+    elif data is None:
         from make_city import generate_city
         from train_prior import CITY
 
         data = generate_city(work / "city_900", seed=900, style="downtown", progress=False, verbose=False, **CITY)
 
-    settings = {"data": str(args.data or "generated city, seed 900"), "preset": args.preset,
+    generated = "generated city, seed 900" + (" (smoke: 40x30, sparse flight, fewer samples per ray)" if args.smoke else "")
+    settings = {"data": str(args.data or generated), "preset": args.preset,
                 "steps_per_block": args.steps_per_block, "rays_per_step": args.rays, "seeds": list(range(args.seeds))}
     out_json = args.out_dir / "summary.json"
     summary: Dict = {**settings, "commands": [], "threads": torch.get_num_threads(), "runs": []}
@@ -375,7 +417,7 @@ def main() -> None:
             summary["table"] = summarise(summary["runs"])
         out_json.write_text(json.dumps(summary, indent=1))
 
-    probe = setup_trainer(preset_config(args.preset, data, work / "probe", args.steps_per_block, args.rays, prior="random"))
+    probe = setup_trainer(mclnf_config(args, data, work / "probe", prior="random"))
     pipeline = probe.pipeline
     if args.adapt_steps > 0 and "adapt" in args.only:
         summary["adaptation"] = adaptation_curves(args, pipeline)

@@ -12,6 +12,12 @@ lund_street has no poses: registered images, reprojection error and time are rec
 
     python tools/bench_process.py --data /work/shared/data --max-size 800 --out docs/bench_process.json
     python tools/bench_process.py --skip-street   # lund_door only
+    python tools/bench_process.py --smoke --out /tmp/bench_process_smoke/bench_process.json   # seconds: the test suite runs this
+
+--smoke runs on the photos in tests/data, 214x320 (long side 320): lund_door is the twelve of
+lund_door_small/ and lund_door_more/, its ground truth their ground_truth_poses.json (written as a
+COLMAP model, read as the real one is); the repository holds no street photos, so lund_street is
+stood in for by the eight of lund_door_small/ (it has no ground truth either way).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from mclnf_city.process import ProcessOptions, process, umeyama  # noqa: E402
 
 ROT_TARGET_DEG = 2.0
 CENTRE_TARGET = 0.05
+TEST_DATA = ROOT / "tests" / "data"
 
 Pose = Tuple[np.ndarray, np.ndarray]  # (camera-to-world rotation in COLMAP axes, centre)
 
@@ -57,6 +64,33 @@ def poses_from_colmap(sparse_dir: Path) -> Dict[str, Pose]:
         world_from_cam = image.cam_from_world().inverse()
         poses[image.name] = (world_from_cam.rotation.matrix(), np.asarray(world_from_cam.translation))
     return poses
+
+
+def write_colmap_poses(poses_json, sparse_dir: Path, width: int, height: int) -> Path:
+    """A COLMAP text model holding only the images' poses (world-to-camera, quaternion w x y z) of
+    ground_truth_poses.json files; the camera is a placeholder, since only the poses are compared."""
+    sparse_dir.mkdir(parents=True, exist_ok=True)
+    poses = {name: p for path in poses_json for name, p in json.loads(Path(path).read_text())["poses"].items()}
+    (sparse_dir / "cameras.txt").write_text(f"1 SIMPLE_PINHOLE {width} {height} {max(width, height)} {width / 2} {height / 2}\n")
+    lines = [" ".join(map(str, [i, *p["qvec_wxyz"], *p["tvec"], 1, name])) + "\n" for i, (name, p) in enumerate(sorted(poses.items()), 1)]
+    (sparse_dir / "images.txt").write_text("\n".join(lines) + "\n")  # each image's line of 2D points is empty
+    (sparse_dir / "points3D.txt").write_text("")
+    return sparse_dir
+
+
+def smoke_data(out: Path) -> Path:
+    """The --smoke data folder: lund_door/ (images, sparse/0) and lund_street/images from tests/data."""
+    from PIL import Image
+
+    door, more = TEST_DATA / "lund_door_small", TEST_DATA / "lund_door_more"
+    for folder, photos in (("lund_door", [*door.glob("*.JPG"), *more.glob("*.JPG")]), ("lund_street", list(door.glob("*.JPG")))):
+        (out / folder / "images").mkdir(parents=True, exist_ok=True)
+        for photo in photos:
+            shutil.copy(photo, out / folder / "images" / photo.name)
+    with Image.open(next(door.glob("*.JPG"))) as image:
+        width, height = image.size
+    write_colmap_poses([door / "ground_truth_poses.json", more / "ground_truth_poses.json"], out / "lund_door" / "sparse" / "0", width, height)
+    return out
 
 
 def poses_from_transforms(path: Path) -> Dict[str, Pose]:
@@ -112,17 +146,29 @@ def run_capture(images: Path, out: Path, max_size, threads: int, matching: str =
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=default_data_dir(), help="folder holding lund_door/ and lund_street/")
+    parser.add_argument("--data", type=Path, default=None, help="folder holding lund_door/ and lund_street/ (default: the shared data)")
     parser.add_argument("--max-size", type=int, default=800, help="lund_door images are downscaled to this long side")
     parser.add_argument("--street-max-size", type=int, default=None, help="long side for lund_street (default: original 1024)")
     parser.add_argument("--threads", type=int, default=-1, help="pycolmap threads")
     parser.add_argument("--skip-street", action="store_true", help="only run lund_door")
     parser.add_argument("--work", type=Path, default=None, help="where the captures are written (default: a temp dir, deleted)")
     parser.add_argument("--out", type=Path, default=Path("bench_process.json"), help="JSON written here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds on the photos in tests/data (see above): checks that the benchmark runs (other options still override)")
     args = parser.parse_args()
+    if args.smoke:
+        # Defaults, so any option given still wins; never docs/ unless asked for.
+        parser.set_defaults(max_size=320, out=Path(tempfile.gettempdir()) / "bench_process_smoke" / "bench_process.json")
+        args = parser.parse_args()
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_process_"))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # A smoke run keeps its captures beside its output, so a test's temporary directory holds it all.
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_process_", dir=args.out.parent if args.smoke else None))
+    if args.data is None:
+        args.data = smoke_data(work / "data") if args.smoke else default_data_dir()
     results: Dict = {"max_size": args.max_size, "targets": {"rotation_deg": ROT_TARGET_DEG, "centre_error_fraction": CENTRE_TARGET}}
+    if args.smoke:
+        results["smoke"] = "photos of tests/data; lund_street stood in for by lund_door_small"
     door = args.data / "lund_door"
     run = run_capture(door / "images", work / "lund_door", args.max_size, args.threads)
     accuracy = compare_poses(poses_from_transforms(work / "lund_door" / "transforms.json"), poses_from_colmap(door / "sparse" / "0"))
@@ -139,7 +185,6 @@ def main() -> None:
         print(f"\nlund_street: registered {run['registered']}/{run['images_in']} (models {run['models']}), "
               f"reprojection error {run['mean_reprojection_error']:.3f} px, {run['points']} points, "
               f"{run['wall_seconds']:.1f} s, city frame {run['city_frame']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(f"\nwrote {args.out}")
     if args.work is None:

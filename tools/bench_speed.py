@@ -4,6 +4,7 @@
     python tools/bench_speed.py --methods nerfacto nerfacto@1024 mclnf-city --repeats 3
     python tools/bench_speed.py --steps 0 --budget 300 --methods mclnf-city@4096 \
         --mclnf-set optimizers.fields.optimizer.lr=0.01       # one point of a preset sweep
+    python tools/bench_speed.py --smoke --out /tmp/bench_speed_smoke/bench_speed.json   # seconds: the test suite runs this
 
 Two phases, every method in its own process, one at a time (so peak RSS is its own):
 
@@ -99,7 +100,7 @@ def evaluate(model, dataset, render_dir: Optional[Path] = None) -> Dict[str, flo
 
 
 def worker_nerfacto(args, work: Path) -> Dict:
-    from bench_city import nerfacto_model
+    from bench_city import SMOKE_NERFACTO, nerfacto_model
     from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
 
     # The mclnf-city pipeline only lends its data manager: same pixels, same sampler.
@@ -108,7 +109,7 @@ def worker_nerfacto(args, work: Path) -> Dict:
     # nerfacto's own batch size unless --rays says otherwise.
     rays = args.rays or method_configs["nerfacto"].pipeline.datamanager.train_num_rays_per_batch
     pipeline = setup_trainer(preset_config("mclnf-city", args.data, work, 1, rays, prior="random")).pipeline
-    model, optimizer = nerfacto_model(pipeline, seed=0)
+    model, optimizer = nerfacto_model(pipeline, seed=0, **(SMOKE_NERFACTO if args.smoke else {}))
     callbacks = model.get_training_callbacks(TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=pipeline, trainer=None))
     dm = pipeline.datamanager
     dm.active_block = None  # joint training: rays from every pixel
@@ -135,7 +136,7 @@ def worker_nerfacto(args, work: Path) -> Dict:
             **evaluate(model, dm.eval_dataset)}
 
 
-def worker_mclnf(args, work: Path) -> Dict:
+def worker_mclnf(args, work: Path, min_steps_per_block: int = 1) -> Dict:
     def timed_trainer(steps_per_block: int, out: Path):
         config = preset_config("mclnf-city", args.data, out, steps_per_block, args.rays or None)
         for path, value in args.mclnf_set:
@@ -174,7 +175,7 @@ def worker_mclnf(args, work: Path) -> Dict:
         steps = probe.step_seconds
         per_block = [statistics.median(steps[max(b * k + 1, 2) : (b + 1) * k] or steps[b * k : (b + 1) * k]) for b in range(blocks)]
         del probe
-        steps_per_block = max(int((args.budget * (1 - args.margin) - overhead_s) / sum(per_block)), 1)
+        steps_per_block = max(int((args.budget * (1 - args.margin) - overhead_s) / sum(per_block)), min_steps_per_block)
         calibration = {"calibrated_s_per_step": per_block, "calibrated_overhead_s": overhead_s}
     trainer = timed_trainer(steps_per_block, work / "run")
     started = time.perf_counter()
@@ -189,8 +190,10 @@ def worker_mclnf(args, work: Path) -> Dict:
 
 def run_worker(args) -> None:
     torch.manual_seed(0)
-    work = Path(tempfile.mkdtemp(prefix=f"bench_speed_{args.worker.replace(':', '_')}_"))
-    result = worker_nerfacto(args, work) if args.worker.startswith("nerfacto") else worker_mclnf(args, work)
+    # A smoke run keeps its training runs beside its logs, so a test's temporary directory holds it all.
+    work = Path(tempfile.mkdtemp(prefix=f"bench_speed_{args.worker.replace(':', '_')}_", dir=args.result.parent if args.smoke else None))
+    # Every block's first step is outside the rays/s windows: a budget sized to one step per block would leave none.
+    result = worker_nerfacto(args, work) if args.worker.startswith("nerfacto") else worker_mclnf(args, work, min_steps_per_block=2)
     from mclnf_city import cpu_allocator
 
     result["allocator"] = cpu_allocator.status()
@@ -269,6 +272,8 @@ def run_method(args, logs: Path, method: str, rays: int, steps: int, label: str,
            "--window", str(args.window), "--calibration-steps", str(args.calibration_steps), "--margin", str(args.margin)]
     if args.mclnf_set:
         cmd += ["--mclnf-set", *(f"{path}={value!r}" for path, value in args.mclnf_set)]
+    if args.smoke:
+        cmd.append("--smoke")
     result = run_logged(cmd, env, log, result_path, label)
     print(f"{label:28s} run {r}: {result['rays_per_step']} rays/step, {result['train_rays_per_s']:,.0f} train rays/s, "
           f"PSNR {result['test_psnr']:.2f} after {result['steps']} steps in {result['train_s']:.0f} s, "
@@ -291,7 +296,8 @@ def print_table(title: str, summary: Dict[str, Dict], base: Optional[Dict], budg
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / "assets" / "demo_city", help="nerfstudio capture")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="nerfstudio capture (default: assets/demo_city; with --smoke, a sparse 40x30 version of it, generated)")
     parser.add_argument("--methods", nargs="+", type=parse_method, default=["nerfacto", "mclnf-city"],
                         help=f"what to run, in order: {', '.join(METHODS)}; METHOD@RAYS sets the batch of the equal-wall-time phase")
     parser.add_argument("--steps", type=int, default=60, help="phase 1: training steps of every method (0: skip the phase)")
@@ -305,13 +311,34 @@ def main() -> None:
     parser.add_argument("--mclnf-set", nargs="+", type=parse_setting, default=[], metavar="PATH=VALUE",
                         help="change the mclnf-city preset for this benchmark, e.g. optimizers.fields.optimizer.lr=0.02 pipeline.lr_final_fraction=0.03")
     parser.add_argument("--out", type=Path, default=Path("bench_speed.json"), help="JSON written here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds on a sparse 40x30 city, a few steps per block, a 2 s budget: checks that the benchmark "
+                             "runs (other options still override)")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return run_worker(args)
+    if args.smoke:
+        from bench_city import SMOKE_MCLNF_SAMPLES
 
-    logs = Path(tempfile.mkdtemp(prefix="bench_speed_"))
+        # bench_city's smoke capture and model sizes; 2 steps per block (every block's first step is
+        # outside the rays/s windows), 64 rays per step in both phases. Defaults, so any option given
+        # still wins; never docs/ unless asked for.
+        coarse, fine = SMOKE_MCLNF_SAMPLES
+        parser.set_defaults(methods=["nerfacto@64", "mclnf-city@64"], steps=8, rays=64, budget=2.0, warmup=1, window=1,
+                            calibration_steps=2,
+                            mclnf_set=[("pipeline.model.num_coarse_samples", coarse), ("pipeline.model.num_fine_samples", fine)],
+                            out=Path(tempfile.gettempdir()) / "bench_speed_smoke" / "bench_speed.json")
+        args = parser.parse_args()
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="bench_speed_", dir=args.out.parent if args.smoke else None))
+    if args.data is None and args.smoke:
+        from bench_city import smoke_city
+
+        args.data = smoke_city(logs / "city_0", seed=0)
+    args.data = args.data or ROOT / "assets" / "demo_city"
     # Phase 1 runs each method once (an @RAYS suffix only sets phase 2's batch).
     phase1 = list(dict.fromkeys(m.partition("@")[0] for m in args.methods)) if args.steps else []
     phase2 = args.methods if args.budget else []
@@ -344,7 +371,7 @@ def main() -> None:
         for rs in by.values():
             for x in rs:
                 x.pop("step_seconds")  # kept in the logs' JSON, too long for the summary
-    out = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "data": str(args.data), "steps": args.steps,
+    out = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "data": str(args.data), "smoke": args.smoke, "steps": args.steps,
            "rays_per_step_phase1": args.rays, "budget_s": args.budget,
            "mclnf_set": dict(args.mclnf_set), "cpu_count": os.cpu_count(),
            "summary": summary, "runs": runs}

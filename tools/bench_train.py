@@ -6,6 +6,7 @@ warm-up and, for mclnf-city, block switches); peak RSS from the kernel (`wait4`)
 Runs are repeated and the median is reported, since these machines are noisy.
 
     python tools/bench_train.py --data assets/demo_city --repeats 2 --out bench_train.json
+    python tools/bench_train.py --smoke --out /tmp/bench_train_smoke/bench_train.json   # seconds: the test suite runs this
 """
 
 from __future__ import annotations
@@ -24,6 +25,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMMON = ["--vis", "tensorboard", "--machine.device-type", "cpu", "--steps-per-save", "100000"]
+# --smoke: every ns-train process spends about 10 s starting up here, so three configurations, which
+# between them use both entry points (ns_train_offline.py, ns-train), both presets and --pipeline.grid.
+SMOKE_CONFIGS = ("nerfacto (torch)", "mclnf-city", "mclnf-city-tiny 16 blocks")
+
+
+def cli_flags(prefix: str, fields) -> list:
+    """Config fields as ns-train flags: {"num_nerf_samples_per_ray": 16} -> ["--PREFIX.num-nerf-samples-per-ray", "16"]."""
+    flags = []
+    for key, value in fields.items():
+        flags += [f"--{prefix}.{key.replace('_', '-')}", *map(str, value if isinstance(value, (tuple, list)) else [value])]
+    return flags
 
 
 def run(cmd, log: Path):
@@ -45,27 +57,51 @@ def run(cmd, log: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT / "assets" / "demo_city", help="nerfstudio capture")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="nerfstudio capture (default: assets/demo_city; with --smoke, a sparse 40x30 version of it, generated)")
     parser.add_argument("--rays", type=int, default=4096, help="rays per training step, every method")
     parser.add_argument("--nerfacto-steps", type=int, default=12, help="nerfacto steps per run (slow on CPU)")
     parser.add_argument("--steps-per-block", type=int, default=15, help="mclnf-city steps per block")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (median reported)")
     parser.add_argument("--out", type=Path, default=Path("bench_train.json"), help="JSON written here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds on a sparse 40x30 city, three configurations, 2 steps per block or run, one repeat: "
+                             "checks that the benchmark runs (other options still override)")
     args = parser.parse_args()
+    nerfacto_sizes, mclnf_sizes = [], []
+    if args.smoke:
+        from bench_city import SMOKE_MCLNF_SAMPLES, SMOKE_NERFACTO
 
-    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+        # bench_city's smoke capture and model sizes. Defaults, so any option given still wins; never
+        # docs/ unless asked for.
+        parser.set_defaults(rays=64, nerfacto_steps=2, steps_per_block=2, repeats=1,
+                            out=Path(tempfile.gettempdir()) / "bench_train_smoke" / "bench_train.json")
+        args = parser.parse_args()
+        nerfacto_sizes = cli_flags("pipeline.model", SMOKE_NERFACTO)
+        mclnf_sizes = cli_flags("pipeline.model", dict(zip(("num_coarse_samples", "num_fine_samples"), SMOKE_MCLNF_SAMPLES)))
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # A smoke run keeps its runs beside its output, so a test's temporary directory holds it all.
+    work = Path(tempfile.mkdtemp(prefix="bench_train_", dir=args.out.parent if args.smoke else None))
+    if args.data is None and args.smoke:
+        from bench_city import smoke_city
+
+        args.data = smoke_city(work / "city_0", seed=0)
+    args.data = args.data or ROOT / "assets" / "demo_city"
     rays = ["--pipeline.datamanager.train-num-rays-per-batch", str(args.rays)]
-    ours = ["--data", str(args.data), "--pipeline.steps-per-block", str(args.steps_per_block), *rays, *COMMON]
+    ours = ["--data", str(args.data), "--pipeline.steps-per-block", str(args.steps_per_block), *rays, *mclnf_sizes, *COMMON]
     configs = {
         "nerfacto (torch)": [sys.executable, str(ROOT / "tools" / "ns_train_offline.py"), "nerfacto", "--data", str(args.data),
                              "--pipeline.model.implementation", "torch", "--max-num-iterations", str(args.nerfacto_steps),
                              "--steps-per-eval-batch", "100000", "--steps-per-eval-image", "100000",
-                             "--steps-per-eval-all-images", "100000", *rays, *COMMON],
+                             "--steps-per-eval-all-images", "100000", *rays, *nerfacto_sizes, *COMMON],
         "mclnf-city": [str(BIN / "ns-train"), "mclnf-city", *ours],
         "mclnf-city-tiny": [str(BIN / "ns-train"), "mclnf-city-tiny", *ours],
         "mclnf-city-tiny 4 blocks": [str(BIN / "ns-train"), "mclnf-city-tiny", *ours, "--pipeline.grid", "2", "2"],
         "mclnf-city-tiny 16 blocks": [str(BIN / "ns-train"), "mclnf-city-tiny", *ours, "--pipeline.grid", "4", "4"],
     }
+    if args.smoke:
+        configs = {name: cmd for name, cmd in configs.items() if name in SMOKE_CONFIGS}
     results = {}
     for name, cmd in configs.items():
         runs = []
@@ -79,7 +115,7 @@ def main() -> None:
     print(f"\n{'configuration':28s} {'s/step':>8s} {'rays/s':>9s} {'vs nerfacto':>12s} {'peak RSS MB':>12s}")
     for name, r in results.items():
         print(f"{name:28s} {r['s_per_step']:8.3f} {r['rays_per_s']:9,.0f} {r['rays_per_s'] / base:11.1f}x {r['peak_rss_mb']:12,.0f}")
-    summary = {"data": str(args.data), "rays_per_step": args.rays, "repeats": args.repeats, "cpu_count": os.cpu_count(),
+    summary = {"data": str(args.data), "smoke": args.smoke, "rays_per_step": args.rays, "repeats": args.repeats, "cpu_count": os.cpu_count(),
                "command": " ".join(sys.argv), "results": results}
     args.out.write_text(json.dumps(summary, indent=1))
     print(f"\nwrote {args.out} (logs in {work})")
