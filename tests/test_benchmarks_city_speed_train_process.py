@@ -39,7 +39,8 @@ def test_bench_city_smoke(tmp_path):
     for name in ("mclnf random init", "mclnf meta init", "mclnf FIM only", "mclnf meta + FIM"):
         assert summary["table"][name]["renders_alone_bit_identical"] is True  # finished blocks never change
     adaptation = summary["adaptation"]
-    assert set(adaptation["curves"]) == {"random init", "meta-learned prior"}
+    assert set(adaptation["curves"]) == {"random init", "meta-learned prior", "random init, appearance learned",
+                                         "meta-learned prior, appearance learned"}
     for curve in adaptation["curves"].values():
         assert set(curve["psnr"]) == {"0", "2"}
         finite(curve["psnr"], "0", "2")

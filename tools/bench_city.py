@@ -15,7 +15,9 @@ Methods (each trains the capture's blocks in stream order, `--steps-per-block` s
 
 Plus adaptation curves on one unseen block: test PSNR vs steps from the bundled prior and
 from random init, `--adapt-steps` steps each (the 10x target: the prior's PSNR after
-steps/10 against random init's after all of them).
+steps/10 against random init's after all of them), with the appearance embeddings held at zero
+as the presets do, and again with them learned at the field's rate (what made random init
+plateau: views without an embedding of their own are rendered with the mean one).
 
 Writes ``summary.json`` (every number) and PNG plots: adaptation curves, per-block PSNR right
 after a block finished vs at the end of the stream (forgetting), wall time per method.
@@ -229,18 +231,23 @@ def adaptation_curves(args, pipeline) -> Dict:
     rays, colors = block_test_rays(pipeline, block)
     checkpoints = sorted({0, 10, 20, 50, 100, 200, 500, 1000, args.adapt_steps} & set(range(args.adapt_steps + 1)))
     curves = {}
-    for name, asked in (("random init", "random"), ("meta-learned prior", "bundled")):
+    # As the presets: appearance embeddings held at zero. The "appearance learned" curves show what
+    # learning them at the field's rate does to views rendered with the mean embedding.
+    variants = [("random init", "random", False), ("meta-learned prior", "bundled", False),
+                ("random init, appearance learned", "random", True), ("meta-learned prior, appearance learned", "bundled", True)]
+    for name, asked, appearance in variants:
         prior, source = initial_prior(asked, pipeline.config.model.field, seed=0)
         model.prior = prior
         model.start_block(block)
         dm.active_block = block
-        optimizer = torch.optim.Adam(model.active.parameters(), lr=1e-2, eps=1e-15)
+        params = [p for k, p in model.active.named_parameters() if appearance or not k.startswith("appearance.")]
+        optimizer = torch.optim.Adam(params, lr=1e-2, eps=1e-15)
         curve, started = {}, time.time()
         torch.manual_seed(0)
         for step in range(args.adapt_steps + 1):
             if step in checkpoints:
                 curve[step] = adapt_psnr(model, rays, colors)
-                print(f"adapt {name:18s} step {step:5d}: test PSNR {curve[step]:.2f} ({time.time() - started:.0f} s)", flush=True)
+                print(f"adapt {name:40s} step {step:5d}: test PSNR {curve[step]:.2f} ({time.time() - started:.0f} s)", flush=True)
             if step == args.adapt_steps:
                 break
             for group in optimizer.param_groups:  # the stream's schedule: exponential decay to 10%
