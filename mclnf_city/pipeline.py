@@ -12,6 +12,7 @@ retrains a block the store holds.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,8 @@ class CityPipelineConfig(VanillaPipelineConfig):
     """Seed of the 'random' prior."""
     min_rays_per_block: int = 1000
     """Blocks crossed by fewer training rays are skipped (marked empty, with a message)."""
+    block_eval_max_pixels: int = 40_000
+    """Per-block evaluation while streaming (each block's metrics when it finishes and at the end, and the forgetting check) renders the block's test views downscaled to at most this many pixels, so large photos do not make evaluation outweigh training. The city report's test renders stay at full resolution. 0: full resolution."""
     store_dir: Optional[Path] = None
     """The block store. Default: <run dir>/city (or the store of the run given with --load-dir)."""
     meta: MetaLearningConfig = field(default_factory=MetaLearningConfig)
@@ -441,9 +444,16 @@ class CityPipeline(VanillaPipeline):
         return groups
 
     @torch.no_grad()
-    def render_test_view(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def render_test_view(self, i: int, max_pixels: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Test view i and its photo, both downscaled (area average) to at most max_pixels when it is > 0."""
         dataset = self.datamanager.eval_dataset
         camera = dataset.cameras[i : i + 1].to(self.device)
+        gt = dataset[i]["image"][..., :3]
+        height, width = gt.shape[:2]
+        if 0 < max_pixels < height * width:
+            camera.rescale_output_resolution(math.sqrt(max_pixels / (height * width)))
+            size = (int(camera.height.item()), int(camera.width.item()))
+            gt = torch.nn.functional.interpolate(gt.permute(2, 0, 1)[None].float(), size=size, mode="area")[0].permute(1, 2, 0)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -451,8 +461,7 @@ class CityPipeline(VanillaPipeline):
                 outputs = self.model.get_outputs_for_camera(camera)
         finally:
             self.model.train(was_training)
-        gt = dataset[i]["image"][..., :3].to(outputs["rgb"])
-        return outputs["rgb"], gt
+        return outputs["rgb"], gt.to(outputs["rgb"])
 
     # nerfstudio's evaluation (ns-eval, eval iterations while training) sees every block too.
     def get_eval_loss_dict(self, step: int):
@@ -468,14 +477,14 @@ class CityPipeline(VanillaPipeline):
             return super().get_average_image_metrics(*args, **kwargs)
 
     def evaluate_blocks(self, blocks: List[int]) -> Dict[int, Dict[str, float]]:
-        """Mean PSNR/SSIM (LPIPS when available) of each block's test views, rendered now."""
+        """Mean PSNR/SSIM (LPIPS when available) of each block's test views, rendered now (at most --pipeline.block-eval-max-pixels)."""
         groups = self.test_views_by_block()
         result: Dict[int, Dict[str, float]] = {}
         for b in blocks:
             views = groups.get(b, [])
             if not views:
                 continue
-            per_view = [image_metrics(*self.render_test_view(i)) for i in views]
+            per_view = [image_metrics(*self.render_test_view(i, self.config.block_eval_max_pixels)) for i in views]
             result[b] = {k: sum(m[k] for m in per_view) / len(per_view) for k in per_view[0]}
             result[b]["num_views"] = float(len(views))
             result[b]["solo_render_sha256"] = sha256(self.render_block_alone(b, views).numpy().tobytes())
@@ -489,7 +498,7 @@ class CityPipeline(VanillaPipeline):
         """
         self.model.solo_block = b
         try:
-            return torch.stack([self.render_test_view(i)[0].cpu() for i in views])
+            return torch.stack([self.render_test_view(i, self.config.block_eval_max_pixels)[0].cpu() for i in views])
         finally:
             self.model.solo_block = None
 

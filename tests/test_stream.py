@@ -232,3 +232,22 @@ def test_a_resume_after_a_kill_between_store_and_checkpoint_uses_the_stored_bloc
 
     report = json.loads((pipeline.store.root / "report" / "metrics.json").read_text())
     assert all(entry["renders_alone_bit_identical"] in (True, None) for entry in report["blocks"].values())
+
+
+def test_capped_evaluation_renders_the_same_view_smaller(trained):
+    """--pipeline.block-eval-max-pixels: the view is rendered at most that large, with its aspect,
+    and matches the full-resolution render and photo averaged down to that size."""
+    _, pipeline, _, _ = trained
+    full, photo = pipeline.render_test_view(0)
+    height, width = photo.shape[:2]
+    small, small_photo = pipeline.render_test_view(0, max_pixels=height * width // 4)
+    h, w = small.shape[:2]
+    assert small_photo.shape == small.shape and h * w <= height * width // 4
+    assert abs(w / h - width / height) < 0.1
+    area = lambda x: torch.nn.functional.interpolate(x.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)  # noqa: E731
+    assert torch.allclose(small_photo, area(photo.float()))
+    psnr = lambda a, b: float(-10 * torch.log10(torch.mean((a.clamp(0, 1) - b.clamp(0, 1)) ** 2)))  # noqa: E731
+    same, mirrored = psnr(small, area(full)), psnr(small, area(full.flip(1)))
+    print(f"downscaled render vs full render averaged down: {same:.1f} dB (mirrored: {mirrored:.1f} dB)")
+    assert same > 25 and same > mirrored + 5, "the downscaled render is not the same view"
+    assert torch.equal(pipeline.render_test_view(0, max_pixels=height * width)[0], full)  # no cap needed: untouched
