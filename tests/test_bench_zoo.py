@@ -24,10 +24,14 @@ def test_validation_capture_drops_every_test_image(tmp_path):
     assert (out / "images").resolve() == (capture / "images").resolve()
 
 
-def test_bench_zoo_smoke(tmp_path):
+def _bench_zoo(tmp_path, *extra):
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_zoo.py"), "--smoke", "--out", str(tmp_path / "out"),
-                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+                           "--work", str(tmp_path / "work"), *extra], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_bench_zoo_smoke(tmp_path):
+    _bench_zoo(tmp_path)
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     methods = {r["method"] for r in result["runs"]}
     assert methods == {"mclnf-city", "nerfacto"}
@@ -35,3 +39,9 @@ def test_bench_zoo_smoke(tmp_path):
         assert math.isfinite(r["test_psnr"]) and r["steps"] >= 1 and r["train_s"] > 0
     assert "| orbit_tower |" in (tmp_path / "out" / "results.md").read_text()
     assert (tmp_path / "out" / "renders.jpg").stat().st_size > 1000
+
+    # --append: more seeds of one method join the table; the earlier runs stay
+    _bench_zoo(tmp_path, "--append", "--methods", "mclnf-city", "--seeds", "1")
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted((r["method"], r["seed"]) for r in result["runs"]) == [("mclnf-city", 0), ("mclnf-city", 1), ("nerfacto", 0)]
+    assert len(result["commands"]) == 2 and result["summary"]["orbit_tower"]["mclnf-city"]["seeds"] == [0, 1]

@@ -279,6 +279,8 @@ def main(argv=None) -> int:
     p.add_argument("--mclnf-set", nargs="+", type=parse_setting, default=[], metavar="PATH=VALUE", help="change the mclnf-city preset")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_zoo_captures", help="generated captures are cached here")
     p.add_argument("--out", type=Path, default=Path("bench_zoo"), help="results.json, results.md, renders.jpg and renders/ go here")
+    p.add_argument("--append", action="store_true",
+                   help="keep the runs already in OUT/results.json (e.g. more seeds on some captures) and add these; a run of the same capture, method and seed is replaced")
     p.add_argument("--smoke", action="store_true", help="a few seconds on one tiny capture: checks that the benchmark runs")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -302,6 +304,14 @@ def main(argv=None) -> int:
     logs.mkdir(exist_ok=True)
     captures = prepare_captures(args)
     runs: List[Dict] = []
+    commands = [" ".join(sys.argv)]
+    if args.append and (args.out / "results.json").exists():
+        earlier = json.loads((args.out / "results.json").read_text())
+        if earlier.get("split", "test") != args.split:
+            p.error(f"--append: {args.out}/results.json holds {earlier.get('split')} runs, not {args.split}")
+        fresh = {(c, m, s) for c in captures for m in args.methods for s in args.seeds}
+        runs = [r for r in earlier["runs"] if (r["capture"], r["method"], r["seed"]) not in fresh]
+        commands = earlier.get("commands", [earlier.get("command", "")]) + commands
     for name, data in captures.items():
         for seed in args.seeds:
             budget = args.budget
@@ -311,12 +321,13 @@ def main(argv=None) -> int:
                 runs.append(r)
             if "nerfacto" in args.methods and seed in (args.nerfacto_seeds or args.seeds[:1]):
                 runs.append(run_method(args, logs, name, data, "nerfacto", seed, budget))
-            (args.out / "results.json").write_text(json.dumps({"command": " ".join(sys.argv), "split": args.split, "runs": runs}, indent=1))
+            (args.out / "results.json").write_text(json.dumps({"commands": commands, "split": args.split, "runs": runs}, indent=1))
     table = summarise(runs)
     text = markdown(table, args.split)
     print("\n" + text)
-    (args.out / "results.md").write_text(f"`{' '.join(['python tools/bench_zoo.py', *sys.argv[1:]])}`\n\n{text}")
-    (args.out / "results.json").write_text(json.dumps({"command": " ".join(sys.argv), "split": args.split, "summary": table, "runs": runs}, indent=1))
+    shown = "\n".join(f"`python tools/bench_zoo.py {c.split(' ', 1)[1] if ' ' in c else ''}`" for c in commands)
+    (args.out / "results.md").write_text(f"{shown}\n\n{text}")
+    (args.out / "results.json").write_text(json.dumps({"commands": commands, "split": args.split, "summary": table, "runs": runs}, indent=1))
     renders_picture(runs, args.out / "renders.jpg")
     print(f"wrote {args.out}/results.md, results.json, renders.jpg")
     return 0
