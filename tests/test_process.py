@@ -335,3 +335,51 @@ def test_video_of_real_photos_registers_and_matches_ground_truth(tmp_path):
     assert acc["compared"] == summary.registered
     assert acc["max_rotation_deg"] < 3.0, acc  # same bounds as the photo path at this size
     assert acc["max_centre_error_fraction"] < 0.08, acc
+
+
+class _FakeModel:
+    """Just what run_mapping reads of a pycolmap reconstruction."""
+
+    def __init__(self, names):
+        self._names = list(names)
+
+    def num_reg_images(self):
+        return len(self._names)
+
+    def num_points3D(self):
+        return 10 * len(self._names)
+
+    def compute_mean_reprojection_error(self):
+        return 0.5
+
+    def reg_image_ids(self):
+        return range(len(self._names))
+
+    def image(self, i):
+        return type("Image", (), {"name": self._names[i]})()
+
+
+@pytest.mark.parametrize("sizes, runs, registered", [
+    ([3, 2, 3, 2, 24, 5], 5, 24),      # stranded: more seeds until a model holds half the images
+    ([3, 2, 3, 2, 3, 2, 3, 2, 3], 9, 3),  # never better: stops at three times the attempts
+    ([20, 3, 3], 3, 20),               # half or more after the asked attempts: no more runs
+    ([29], 1, 29),                     # everything registered: done
+])
+def test_mapping_retries_while_most_images_are_stranded(monkeypatch, tmp_path, sizes, runs, registered):
+    import mclnf_city.process as process_module
+
+    names = [f"{i:02d}.jpg" for i in range(29)]
+    calls = []
+
+    def map_once(database, image_dir, work_dir, num_images, threads, seed, fix_intrinsics, reporter):
+        calls.append(seed)
+        return {0: _FakeModel(names[: sizes[len(calls) - 1]])}
+
+    monkeypatch.setattr(process_module, "map_once", map_once)
+    monkeypatch.setattr(process_module, "cameras_have_focal_prior", lambda database: False)
+    lines = []
+    reporter = type("Reporter", (), {"line": lambda self, text: lines.append(text)})()
+    rec, dropped, _, record = process_module.run_mapping(tmp_path / "db", tmp_path, tmp_path, names, 1, 0, 3, 5, reporter)
+    assert calls == list(range(runs)) and rec.num_reg_images() == registered and len(dropped) == 29 - registered
+    assert len(record["attempts"]) == runs
+    assert any("trying more seeds" in line for line in lines) == (runs > 3)
