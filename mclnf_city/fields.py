@@ -210,12 +210,9 @@ class BlockField(nn.Module):
         rgb = torch.sigmoid(self.color_out(color_hidden))
         return density, rgb, density_hidden, color_hidden
 
-    def far_field(self, directions: Tensor) -> Tensor:
-        """Colour [N, 3] of what lies beyond the city box, seen along unit directions [N, 3]."""
-        return self.far_field_radiance(directions)[0]
-
     def far_field_radiance(self, directions: Tensor) -> Tuple[Tensor, Tensor]:
-        """Far-field colour [N, 3] and the input of its last layer [N, far_field_hidden_dim]."""
+        """Colour [N, 3] of what lies beyond the city box, seen along unit directions [N, 3], and
+        the input of its last layer [N, far_field_hidden_dim] (for the Fisher scores)."""
         hidden = run_mlp(self.far_field_head, self._encode_directions(directions)).to(directions)
         return torch.sigmoid(self.far_field_out(hidden)), hidden
 

@@ -82,7 +82,7 @@ class CityPipelineConfig(VanillaPipelineConfig):
     lr_final_fraction: float = 0.1
     """Learning rate at the end of a block, as a fraction of its initial value (exponential decay)."""
     prior: str = "bundled"
-    """θ_shared, where every block starts: 'bundled' (the prior meta-learned on generated cities and shipped in assets/priors for this architecture; 'random' with a notice if none is), 'random' (the architecture's seeded init), or the path of a prior file."""
+    """θ_shared, where every block starts: 'bundled' (the prior meta-learned on generated cities and shipped with the package (mclnf_city/priors, linked from assets/priors) for this architecture; 'random' with a notice if none is), 'random' (the architecture's seeded init), or the path of a prior file."""
     prior_seed: int = 0
     """Seed of the 'random' prior."""
     min_rays_per_block: int = 1000
@@ -564,7 +564,8 @@ class CityPipeline(VanillaPipeline):
 
 
 # ---------------------------------------------------------------------- θ_shared
-PRIOR_DIR = Path(__file__).resolve().parents[1] / "assets" / "priors"
+# Package data, so that a wheel install finds them too (assets/priors links here).
+PRIOR_DIR = Path(__file__).resolve().parent / "priors"
 
 
 def prior_key(spec: BlockFieldSpec) -> str:

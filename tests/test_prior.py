@@ -50,3 +50,32 @@ def test_prior_choices(tmp_path, capsys):
     assert source == f"prior file {path}" and all(torch.equal(loaded[k], state[k]) for k in state)
     with pytest.raises(FileNotFoundError, match="no_such_prior.pt"):
         initial_prior(str(tmp_path / "no_such_prior.pt"), spec, seed=0)
+
+
+def test_a_wheel_install_carries_the_bundled_priors(tmp_path):
+    """`pip install .` (not editable) must find the bundled priors: they are package data."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import ROOT
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("mclnf_city", "method_configs"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel"), str(src)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "wheel").glob("mclnf_city-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in PRIOR_DIR.glob("*.pt"):
+        assert f"mclnf_city/priors/{path.name}" in names and f"mclnf_city/priors/{path.stem}.json" in names
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=300)
+    check = ("import sys; sys.path.insert(0, sys.argv[1]); from mclnf_city.pipeline import PRIOR_DIR; "
+             "assert str(PRIOR_DIR).startswith(sys.argv[1]), PRIOR_DIR; print(sorted(p.name for p in PRIOR_DIR.glob('*.pt')))")
+    out = subprocess.run([sys.executable, "-c", check, str(tmp_path / "site")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(sorted(p.name for p in PRIOR_DIR.glob("*.pt")))

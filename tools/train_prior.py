@@ -1,9 +1,9 @@
-"""Meta-train the bundled θ_shared on many generated cities and write it to assets/priors.
+"""Meta-train the bundled θ_shared on many generated cities and write it to mclnf_city/priors (linked from assets/priors).
 
 Every block of every generated city is a task. Cities come from tools/make_city.py with
 seeds `--first-seed ...` in turn over the three styles; none of them is the demo city
 (seed 0) or a benchmark city (seeds >= 900), so those stay unseen. The prior is written
-as ``assets/priors/<architecture>.pt`` (the name `--pipeline.prior bundled` looks for),
+as ``mclnf_city/priors/<architecture>.pt`` (the name `--pipeline.prior bundled` looks for),
 with ``<architecture>.json`` beside it recording the command, seeds, settings and time.
 
     python tools/train_prior.py --preset mclnf-city-tiny --cities 8 --meta-steps 200
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--tasks-per-batch", type=int, default=2)
     parser.add_argument("--rays", type=int, default=1024, help="rays per inner step")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the cities are generated (default: a temp dir)")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "assets" / "priors")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "mclnf_city" / "priors")
     args = parser.parse_args()
     if args.first_seed <= 0 < args.first_seed + args.cities or args.first_seed + args.cities > 900:
         parser.error("seeds must avoid 0 (the demo city) and >= 900 (benchmark cities)")
