@@ -13,7 +13,6 @@ what and where it looks weak.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -141,7 +140,6 @@ def frame_from_up(up: Tensor) -> Tensor:
 def pixel_rays(camera_to_worlds: Tensor, intrinsics: Tensor, sizes: Tensor, per_side: int = 9) -> Tuple[Tensor, Tensor]:
     """A per_side x per_side grid of pixel rays per camera (pinhole): origins, unit directions [N * per_side^2, 3]."""
     c2w = camera_to_worlds.double()
-    n = len(c2w)
     u = (torch.arange(per_side, dtype=torch.float64) + 0.5) / per_side
     gu, gv = torch.meshgrid(u, u, indexing="xy")
     w, h = sizes[:, 0:1].double(), sizes[:, 1:2].double()

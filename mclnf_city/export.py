@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from mclnf_city.store import DONE, CityStore, StoreError, atomic_write_bytes
+from mclnf_city.files import atomic_write, atomic_write_bytes, write_png, write_ply
+from mclnf_city.store import DONE, CityStore, StoreError
 
 NOT_A_POINT = 3  # weld key "axis" of a vertex that sits on a lattice point (not inside an edge)
 
@@ -464,45 +463,6 @@ def compact(faces: np.ndarray, *per_vertex: np.ndarray) -> Tuple[np.ndarray, ...
     return (faces.reshape(-1, 3), *(a[used] for a in per_vertex))
 
 
-# ---------------------------------------------------------------------------------- writing
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through `write(temp_path)` beside `path`, then rename: no half-written output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; outputs are ordinary files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_ply(path: Path, vertices: np.ndarray, colors: np.ndarray, faces: Optional[np.ndarray] = None) -> None:
-    """Binary PLY with float xyz, uchar rgb and (optionally) triangle faces, via plyfile."""
-    from plyfile import PlyData, PlyElement
-
-    v = np.empty(len(vertices), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    v["x"], v["y"], v["z"] = vertices[:, 0], vertices[:, 1], vertices[:, 2]
-    v["red"], v["green"], v["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-    elements = [PlyElement.describe(v, "vertex")]
-    if faces is not None:
-        f = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
-        f["vertex_indices"] = faces
-        elements.append(PlyElement.describe(f, "face"))
-    write_atomic(path, lambda tmp: PlyData(elements, text=False, byte_order="<").write(str(tmp)))
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    write_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
-
-
 # ---------------------------------------------------------------------------------- point cloud
 def select_cameras(city: LoadedCity, split: str, max_cameras: Optional[int]):
     """Cameras of the train or test split (or both), evenly thinned to at most max_cameras."""
@@ -790,7 +750,7 @@ def run(args: argparse.Namespace) -> Dict:
         summary["height_npy"] = "float32 z of the surface in the output frame, NaN where no surface"
         out = Path(args.output_dir)
         write_png(out / "rgb.png", rgb)
-        write_atomic(out / "height.npy", lambda tmp: np.save(open(tmp, "wb"), height))
+        atomic_write(out / "height.npy", lambda tmp: np.save(open(tmp, "wb"), height))
         write_png(out / "height.png", height16)
         atomic_write_bytes(out / "map.json", json.dumps(summary, indent=1).encode())
         console.print(f"[bold green]map[/bold green] {out}: {summary['width']}x{summary['height']} pixels at "

@@ -34,9 +34,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
-import os
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +43,7 @@ import torch
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from mclnf_city.files import link_or_copy
 from mclnf_city.partition import BlockPartition, visit_order
 from mclnf_city.store import (
     DONE,
@@ -292,19 +290,6 @@ def open_store(config, outputs, training: bool) -> CityStore:
     return store
 
 
-def link_file(src: Path, dst: Path) -> None:
-    """`dst` holds `src`'s bytes: a hard link (no space), or a copy across filesystems; atomic."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.link-{os.getpid()}"
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
-
-
 def capture_index_of_images(data: Path, image_filenames: Sequence[Path]) -> Optional[torch.Tensor]:
     """[N] the capture each image came from ("capture" in transforms.json; 0 when unmarked), or
     None when the capture has no marks (not grown with mclnf-process --register-into)."""
@@ -448,7 +433,7 @@ def seed_store(store: CityStore, old: CityStore, config, outputs) -> None:
     for b in new_blocks:
         blocks[str(b)] = {"status": WAITING}
     for rel in old.files():  # each checked to lie inside the old store
-        link_file(old.root / rel, store.root / rel)
+        link_or_copy(old.root / rel, store.root / rel)
     manifest = {
         "version": MANIFEST_VERSION,
         "partition": grown.to_dict(),

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from mclnf_city.bounds import CityBounds, estimate_bounds, ray_box_intersect, rays_cross
+from mclnf_city.files import atomic_write_bytes
 
 
 class PartitionError(ValueError):
@@ -193,8 +194,6 @@ class BlockPartition:
         )
 
     def save(self, path: Path) -> None:
-        from mclnf_city.store import atomic_write_bytes
-
         atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=1).encode())
 
     @classmethod

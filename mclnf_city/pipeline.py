@@ -34,7 +34,8 @@ from mclnf_city.metrics import image_metrics, lpips_status
 from mclnf_city.model import CityModelConfig
 from mclnf_city.bounds import capture_bounds, save_bounds_figure
 from mclnf_city.partition import check_camera_spread, look_blocks, partition_from_bounds, partition_table
-from mclnf_city.store import ACTIVE, DONE, EMPTY, StoreError, atomic_write_bytes, load_checked, sha256
+from mclnf_city.files import atomic_write_bytes
+from mclnf_city.store import ACTIVE, DONE, EMPTY, StoreError, load_checked, sha256
 from mclnf_city.viewer import CityViewer
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from mclnf_city.capture import CaptureError, _names
+from mclnf_city.files import publish, staging_dir, write_ply
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg"}
@@ -853,52 +853,24 @@ def build_transforms(rec, image_prefix: str = "images") -> Dict:
 
 def write_sparse_ply(rec, path: Path) -> int:
     """Sparse points with colours as a binary PLY (what nerfstudio's load_3D_points reads)."""
-    from plyfile import PlyData, PlyElement
-
     pts = list(rec.points3D.values())
-    vertex = np.empty(len(pts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    if pts:
-        xyz = np.array([p.xyz for p in pts])
-        rgb = np.array([p.color for p in pts])
-        for i, axis in enumerate("xyz"):
-            vertex[axis] = xyz[:, i]
-        for i, channel in enumerate(("red", "green", "blue")):
-            vertex[channel] = rgb[:, i]
-    PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path))
+    xyz = np.array([p.xyz for p in pts]).reshape(-1, 3)
+    rgb = np.array([p.color for p in pts]).reshape(-1, 3)
+    write_ply(path, xyz, rgb)
     return len(pts)
 
 
 # --------------------------------------------------------------------------- driver
 
 
-def staging_dir(output: Path) -> Path:
-    """A fresh temporary directory beside `output` (same filesystem, so rename is atomic)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.incomplete-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
-
-
-def publish(tmp: Path, output: Path, overwrite: bool) -> None:
-    """Move the finished capture into place, replacing an old one only when allowed."""
-    if output.exists():
-        if not overwrite:
-            raise CaptureError(f"{output}: already exists; pass --overwrite to replace it")
-        old = output.parent / f".{output.name}.old-{os.getpid()}"
-        output.rename(old)
-        tmp.rename(output)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(output)
-
-
 def publish_with_summary(tmp: Path, output: Path, summary: "ProcessSummary", reporter: "Reporter", overwrite: bool) -> None:
     """Write process_summary.json (with the stage times) into the staged output, then publish it."""
     summary.stage_seconds = dict(reporter.seconds)
     (tmp / "process_summary.json").write_text(json.dumps(summary.to_json(), indent=2))
-    publish(tmp, output, overwrite)
+    try:
+        publish(tmp, output, overwrite)
+    except FileExistsError as e:
+        raise CaptureError(str(e)) from None
 
 
 def gather_input(options: ProcessOptions, image_dir: Path, reporter: Reporter) -> Tuple[List[str], Dict[str, Tuple[int, int]], Optional[Dict]]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -37,17 +36,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from mclnf_city.capture import CaptureError, _names, read_json
+from mclnf_city.files import link_or_copy, staging_dir
 
 MIN_SHARED_POINTS = 15  # co-visible CAPTURE pairs (re-triangulation only): at least this many shared 3D points
 INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "k1", "k2", "k3", "k4", "p1", "p2", "distortion_params")
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link `src` at `dst` (same bytes, no space), or copy it across filesystems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 # --------------------------------------------------------------------------- the existing capture
@@ -269,7 +261,6 @@ def register_into(options) -> "ProcessSummary":  # noqa: F821 - ProcessSummary l
         gather_input,
         print_summary,
         publish_with_summary,
-        staging_dir,
         write_sparse_ply,
     )
 

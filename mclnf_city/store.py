@@ -27,8 +27,6 @@ import fcntl
 import hashlib
 import io
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
+from mclnf_city.files import atomic_write_bytes
 from mclnf_city.partition import BlockPartition
 
 MANIFEST_VERSION = 1
@@ -44,27 +43,6 @@ WAITING, ACTIVE, DONE, EMPTY = "waiting", "active", "done", "empty"
 
 class StoreError(RuntimeError):
     """The block store on disk is missing, corrupted or inconsistent with the run."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see either the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def tensor_bytes(obj: Any) -> bytes:

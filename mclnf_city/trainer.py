@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Type
@@ -25,6 +23,8 @@ import torch
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
+
+from mclnf_city.files import atomic_write
 
 
 @dataclass
@@ -89,16 +89,7 @@ class CityTrainer(Trainer):
         }
         # The temp file lives beside (not in) the checkpoint folder: nerfstudio parses every
         # name in that folder as step-N.ckpt when resuming.
-        fd, tmp = tempfile.mkstemp(dir=self.checkpoint_dir.parent, prefix=".checkpoint-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: torch.save(state, tmp), temp_dir=self.checkpoint_dir.parent)
         if self.config.save_only_latest_checkpoint:
             for old in self.checkpoint_dir.glob("step-*.ckpt"):
                 if old != path:

@@ -58,6 +58,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from mclnf_city.files import write_ply
+
 __all__ = [
     "STYLES",
     "CityOptions",
@@ -1078,16 +1080,6 @@ def coverage(city: City, frames: List[Frame]) -> Dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- writers
-def _write_ply_points(path: Path, pts: np.ndarray, cols: np.ndarray) -> None:
-    from plyfile import PlyData, PlyElement
-
-    v = np.empty(len(pts), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"),
-                                  ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    v["x"], v["y"], v["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-    v["red"], v["green"], v["blue"] = cols[:, 0], cols[:, 1], cols[:, 2]
-    PlyData([PlyElement.describe(v, "vertex")], text=False, byte_order="<").write(str(path))
-
-
 def city_mesh(city: City) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Triangles of the ground quad and every building box (no hidden bottoms).
 
@@ -1112,20 +1104,6 @@ def city_mesh(city: City) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         cols.append(np.tile(np.round(city.wall[m] * 255), (8, 1)))
         base += 8
     return np.concatenate(verts), np.concatenate(faces), np.concatenate(cols).astype(np.uint8)
-
-
-def _write_mesh(path: Path, city: City) -> None:
-    from plyfile import PlyData, PlyElement
-
-    V, F, C = city_mesh(city)
-    v = np.empty(len(V), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"),
-                                ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    v["x"], v["y"], v["z"] = V[:, 0], V[:, 1], V[:, 2]
-    v["red"], v["green"], v["blue"] = C[:, 0], C[:, 1], C[:, 2]
-    f = np.empty(len(F), dtype=[("vertex_indices", "i4", (3,))])
-    f["vertex_indices"] = F
-    PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")],
-            text=False, byte_order="<").write(str(path))
 
 
 def _equivalent_command(out: Path, seed: int, opts: CityOptions) -> str:
@@ -1263,12 +1241,13 @@ def generate_city(out: Path, seed: int = 0, *, options: Optional[CityOptions] = 
 
         P = np.concatenate(pts)[: opts.num_points] if pts else np.zeros((0, 3))
         C = np.concatenate(cols)[: opts.num_points] if cols else np.zeros((0, 3), np.uint8)
-        _write_ply_points(tmp / "sparse_pc.ply", P, C)
+        write_ply(tmp / "sparse_pc.ply", P, C)
         transforms = dict(camera_model="OPENCV", fl_x=fx, fl_y=fy, cx=cx, cy=cy,
                           w=opts.image_width, h=opts.image_height, k1=0.0, k2=0.0, p1=0.0, p2=0.0,
                           frames=tf_frames, ply_file_path="sparse_pc.ply")
         (tmp / "transforms.json").write_text(json.dumps(transforms, indent=2) + "\n")
-        _write_mesh(tmp / "gt" / "mesh.ply", city)
+        vertices, faces, colors = city_mesh(city)
+        write_ply(tmp / "gt" / "mesh.ply", vertices, colors, faces)
 
         # Coverage costs points x frames x boxes ray tests; skip for huge cities.
         n_cov = (8 + len(city.bmin) / (opts.blocks_x * opts.blocks_y)) * opts.blocks_x * opts.blocks_y

@@ -34,6 +34,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from mclnf_city.files import write_ply
+
 LAYOUTS = ("grid", "village", "landmark", "street")
 FLIGHTS = ("nadir", "oblique", "orbit", "street", "mixed")
 ROTATIONS = ("none", "random", "zdown", "yup")
@@ -985,13 +987,7 @@ def _write_npz(path: Path, **arrays):
             zf.writestr(zipfile.ZipInfo(f"{k}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue(), zipfile.ZIP_DEFLATED)
 
 
-def _write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray):
-    from plyfile import PlyData, PlyElement
 
-    v = np.empty(len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    v["x"], v["y"], v["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    v["red"], v["green"], v["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    PlyData([PlyElement.describe(v, "vertex")], byte_order="<").write(str(path))
 
 
 OUR_FILES = ("transforms.json", "sparse_pc.ply", "README.md", "gt/visible_points.npz", "gt/scene.json")
@@ -1048,7 +1044,7 @@ def generate_scene(out: Path, preset: Union[str, SceneOptions], seed: int = 0, w
             "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames_json}
     if opts.points:  # the sparse cloud an SfM run would give: visible surface points with their colours
         pick = np.sort(_rng(seed, "points").choice(len(points), min(opts.n_points, len(points)), replace=False))
-        _write_ply(out / "sparse_pc.ply", points[pick], np.concatenate(gt_c)[pick])
+        write_ply(out / "sparse_pc.ply", points[pick], np.concatenate(gt_c)[pick])
         meta["ply_file_path"] = "sparse_pc.ply"
     (out / "transforms.json").write_text(json.dumps(meta, indent=2))
     bbox = cap.bbox_world()

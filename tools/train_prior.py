@@ -52,7 +52,8 @@ def main() -> None:
     from make_city import generate_city
 
     from mclnf_city.pipeline import bundled_prior_path, learn_prior
-    from mclnf_city.store import atomic_write_bytes, sha256, tensor_bytes
+    from mclnf_city.files import atomic_write_bytes
+    from mclnf_city.store import sha256, tensor_bytes
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="train_prior_"))
     started = time.time()
