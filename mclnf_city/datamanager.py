@@ -119,6 +119,14 @@ class CityDataManager(VanillaDataManager):
             mask[torch.unique(self.flat_to_indices(pixels)[:, 0])] = True
         return mask
 
+    def keep_images(self, b: int, images: Tensor) -> None:
+        """Block b draws only from the pixels of these training images (indices)."""
+        pool = self.block_pixels[b]
+        self.block_pixels[b] = pool[torch.isin(self.flat_to_indices(pool)[:, 0], images)]
+
+    def rays_per_block(self) -> Dict[int, int]:
+        return {b: len(p) for b, p in self.block_pixels.items()}
+
     # ----- sampling -----
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         """Rays of the active block's draw number `step` (the pipeline passes the step within the block)."""

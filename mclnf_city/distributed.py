@@ -1,11 +1,9 @@
 """Block-parallel training over processes, with torch.distributed as nerfstudio launches it.
 
 Blocks are independent once they start from θ_shared, so ranks do not share gradients (no
-DDP): the stream is cut into *waves* of `blocks_per_wave` blocks (default: one per rank),
-rank r trains its share of every wave, and all ranks meet at a barrier at the end of each
-wave. A block sees as frozen context only the blocks of earlier waves, so what a block
-learns depends on the wave size, never on which rank trained it or how fast: a run with
-one process and `--pipeline.blocks-per-wave 2` gives the blocks of a two-process run.
+DDP): each rank trains its share of every wave of the stream (`mclnf_city/stream.py`), and
+all ranks meet at a barrier at the end of each wave. A run with one process and
+`--pipeline.blocks-per-wave 2` gives the blocks of a two-process run.
 
 `ns-train ... --machine.num-devices N` starts the processes (nerfstudio's `launch`, gloo on
 CPU, nccl on GPU). nerfstudio 1.1.5's spawned worker asserts that CUDA is available, so on
@@ -16,7 +14,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict
 
 import torch
 import torch.distributed as dist
@@ -45,25 +43,6 @@ def average_across_ranks(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Te
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         out[k] = t / world_size()
     return out
-
-
-def wave_schedule(stream: List[int], blocks_per_wave: int, rank: int, world: int) -> List[Optional[int]]:
-    """The blocks rank `rank` trains, one slot of steps_per_block steps each (None: idle slot).
-
-    Waves are consecutive groups of the stream; inside a wave, block i goes to rank i % world.
-    With several processes every rank gets blocks_per_wave / world slots per wave (idle ones
-    where a wave is short), so all ranks reach each wave's end, and its barrier, at the same step.
-    """
-    if blocks_per_wave < 1 or blocks_per_wave % world:
-        raise ValueError(f"--pipeline.blocks-per-wave {blocks_per_wave} must be a positive multiple of the {world} processes")
-    slots: List[Optional[int]] = []
-    for start in range(0, len(stream), blocks_per_wave):
-        wave = stream[start : start + blocks_per_wave]
-        mine: List[Optional[int]] = list(wave[rank::world])
-        slots += mine + [None] * (blocks_per_wave // world - len(mine))
-    while world == 1 and slots and slots[-1] is None:  # one process waits for nobody
-        slots.pop()
-    return slots
 
 
 def cpu_worker(

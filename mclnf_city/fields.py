@@ -17,7 +17,7 @@ parameters. θ_shared (the prior) is exactly the parameter set: `prior_state` an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Literal, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -103,6 +103,18 @@ class BlockFieldSpec:
     """Per-image appearance embedding (0 disables it)."""
     far_field_hidden_dim: int = 32
     """Width of the far-field (sky) head."""
+
+
+def require_same_keys(own: Dict[str, Any], given: Dict[str, Any], problem: str, error: type = ValueError) -> None:
+    """Strict loading: `given` must hold exactly the keys of `own`, else `error` names the
+    missing and unexpected ones after `problem`."""
+    missing, extra = sorted(set(own) - set(given)), sorted(set(given) - set(own))
+
+    def shown(keys):  # a whole hash grid's keys would drown the message
+        return str(keys[:8])[:-1] + f", ... {len(keys) - 8} more]" if len(keys) > 8 else str(keys)
+
+    if missing or extra:
+        raise error(f"{problem}: missing {shown(missing)}, unexpected {shown(extra)}")
 
 
 class BlockField(nn.Module):
@@ -242,9 +254,7 @@ class BlockField(nn.Module):
     def load_prior(self, state: Dict[str, Tensor], source: str = "prior") -> None:
         """Reset every parameter to θ_shared, and the appearance embedding to zero (strict)."""
         own = {k: p for k, p in self.named_parameters() if not k.startswith("appearance.")}
-        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or extra:
-            raise ValueError(f"{source} does not match the block architecture: missing {missing}, unexpected {extra}")
+        require_same_keys(own, state, f"{source} does not match the block architecture")
         with torch.no_grad():
             for k, p in own.items():
                 if p.shape != state[k].shape:
@@ -256,9 +266,7 @@ class BlockField(nn.Module):
     def load_block_state(self, state: Dict[str, Tensor], what: str) -> None:
         """Strict load of a full block state (parameters and geometry), with a clear error."""
         own = self.state_dict()
-        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or extra:
-            raise ValueError(f"{what} does not match the block architecture: missing {missing}, unexpected {extra}")
+        require_same_keys(own, state, f"{what} does not match the block architecture")
         for k, v in own.items():
             if v.shape != state[k].shape:
                 raise ValueError(f"{what}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")

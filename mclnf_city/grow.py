@@ -44,7 +44,7 @@ import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from mclnf_city.files import link_or_copy
-from mclnf_city.partition import BlockPartition, visit_order
+from mclnf_city.partition import BlockPartition, too_few_rays, visit_order
 from mclnf_city.store import (
     DONE,
     EMPTY,
@@ -469,34 +469,26 @@ def seed_store(store: CityStore, old: CityStore, config, outputs) -> None:
     )
 
 
-def prepare_run(pipeline, masks: Dict[int, torch.Tensor]) -> None:
-    """After the pipeline assigned pixels: a grown run's stream is its own blocks; new blocks with
-    too few rays are empty; re-captured blocks learn from the newest capture's photos only."""
-    store, config = pipeline.store, pipeline.config
+def prepare_run(store: CityStore, config, datamanager, masks: Dict[int, torch.Tensor], training: bool) -> Optional[List[int]]:
+    """A grown city's run: the blocks it trains, in order (None: not a grown city's run). New
+    blocks with too few rays are marked empty; re-captured blocks learn from the newest
+    capture's photos only (`masks`, the blocks' image masks, follow)."""
     grow = store.manifest.get("grow")
     if grow is None:
-        return
-    training = pipeline.test_mode == "val"
+        return None
     if training:
-        dm = pipeline.datamanager
-        outputs = dm.train_dataparser_outputs
-        for b in grow["train_order"]:
-            if b in grow["recapture"] or store.status(b) != WAITING:
-                continue
-            rays = len(dm.block_pixels.get(b, []))
-            if rays < config.min_rays_per_block:
-                why = f"{rays} training rays < --pipeline.min-rays-per-block {config.min_rays_per_block}"
-                CONSOLE.print(f"[yellow]block {b} skipped: {why}")
-                store.set_status(b, EMPTY, reason=why)
+        dm = datamanager
+        rays = {b: len(dm.block_pixels.get(b, [])) for b in grow["train_order"] if b not in grow["recapture"] and store.status(b) == WAITING}
+        for b, why in too_few_rays(rays, config.min_rays_per_block).items():
+            CONSOLE.print(f"[yellow]block {b} skipped: {why}")
+            store.set_status(b, EMPTY, reason=why)
         if grow["recapture"]:
-            newest, capture = newest_train_images(outputs, Path(store.manifest["info"]["data"]))
+            newest, capture = newest_train_images(dm.train_dataparser_outputs, Path(store.manifest["info"]["data"]))
             if newest is None:
                 CONSOLE.print("[yellow]the capture has no \"capture\" marks: re-captured blocks train on every image")
             for b in grow["recapture"]:
                 if newest is not None:
-                    pool = dm.block_pixels[b]
-                    keep = torch.isin(dm.flat_to_indices(pool)[:, 0], newest)
-                    dm.block_pixels[b] = pool[keep]
+                    dm.keep_images(b, newest)
                     masks[b] = dm.block_images(b)
                 rays = len(dm.block_pixels[b])
                 if rays < config.min_rays_per_block and store.status(b) != DONE:
@@ -504,4 +496,4 @@ def prepare_run(pipeline, masks: Dict[int, torch.Tensor]) -> None:
                         f"block {b}: only {rays} training rays of the newest photos (capture {capture}) cross it "
                         f"(--pipeline.min-rays-per-block {config.min_rays_per_block}); photograph it again or leave it out"
                     )
-    pipeline.stream = [b for b in grow["train_order"] if store.status(b) != EMPTY]
+    return list(grow["train_order"])

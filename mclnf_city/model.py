@@ -40,6 +40,21 @@ NO_MODULE, ACTIVE = -1, -2
 
 
 @dataclass
+class PointValues:
+    """What the city's fields say at sample points (leading shape [...]): density [..., 1]; rgb
+    [..., 3] when directions were given; with features (FIM-NeRF), the active slot's density and
+    colour last-layer inputs [h; 1], zero where another block answers."""
+
+    density: Tensor
+    rgb: Optional[Tensor] = None
+    density_in: Optional[Tensor] = None
+    color_in: Optional[Tensor] = None
+
+    def reshape(self, *shape: int) -> "PointValues":
+        return PointValues(*(None if v is None else v.reshape(*shape, -1) for v in (self.density, self.rgb, self.density_in, self.color_in)))
+
+
+@dataclass
 class CityModelConfig(ModelConfig):
     """Block-partitioned city model (MCL-NF)."""
 
@@ -214,23 +229,31 @@ class CityModel(Model):
             return None
         return self.frozen.get(key, device)
 
-    def _query(self, ray_samples: RaySamples, with_rgb: bool, with_features: bool = False) -> Tuple[Tensor, ...]:
+    def _query(self, ray_samples: RaySamples, with_rgb: bool, with_features: bool = False) -> PointValues:
         positions = ray_samples.frustums.get_positions()
         cams = ray_samples.camera_indices
-        outs = self._evaluate_points(
+        values = self._values_at(
             positions.reshape(-1, 3),
             ray_samples.frustums.directions.reshape(-1, 3) if with_rgb else None,
             cams.reshape(-1) if cams is not None else None,
             with_features,
         )
-        return tuple(o.reshape(*positions.shape[:-1], -1) for o in outs)
+        return values.reshape(*positions.shape[:-1])
 
-    def _evaluate_points(
+    def density_at(self, points: Tensor) -> Tensor:
+        """Density [N, 1] of the city at world points [N, 3] (nerfstudio's frame), each point
+        answered by the block that owns it (empty space outside every finished block)."""
+        return self._values_at(points, None, None).density
+
+    def radiance_at(self, points: Tensor, directions: Tensor) -> Tensor:
+        """Colour [N, 3] seen at world points [N, 3] along unit `directions` [N, 3], with the
+        mean appearance (as novel views are rendered)."""
+        return self._values_at(points, directions, None).rgb
+
+    def _values_at(
         self, points: Tensor, directions: Optional[Tensor], cams: Optional[Tensor], with_features: bool = False
-    ) -> Tuple[Tensor, ...]:
-        """Route world points [N, 3] to their modules: density [N, 1] (and rgb [N, 3] given directions,
-        and with_features the active slot's density and colour last-layer inputs [h; 1], zero where
-        another block answers)."""
+    ) -> PointValues:
+        """Route world points [N, 3] to their modules and gather what they say (`PointValues`)."""
         keys = self._module_keys(self.partition.locate(points))
         widths = (self.spec.hidden_dim + 1, self.spec.hidden_dim_color + 1)
 
@@ -244,7 +267,7 @@ class CityModel(Model):
                 return (density, rgb) + tuple(self._last_layer_inputs(module, h, w) for h, w in zip(hidden, widths))
 
         dims = (1,) if directions is None else (1, 3) + widths if with_features else (1, 3)
-        return route(keys, lambda k: self._module(k, points.device), evaluate, dims, points)
+        return PointValues(*route(keys, lambda k: self._module(k, points.device), evaluate, dims, points))
 
     def _last_layer_inputs(self, module: BlockField, hidden: Tensor, width: int) -> Tensor:
         """[h; 1] for the active slot; zeros for a frozen block (it holds no active parameter)."""
@@ -261,14 +284,13 @@ class CityModel(Model):
         eps = float(self.partition.x_edges[1] - self.partition.x_edges[0]) / (2 * self.spec.max_res)
         offsets = torch.eye(3, dtype=points.dtype, device=points.device) * eps
         probes = torch.cat([points[:, None] + offsets, points[:, None] - offsets], dim=1)  # [N, 6, 3] in city units
-        (density,) = self._evaluate_points(probes.reshape(-1, 3), None, None)
-        density = density.reshape(-1, 6)
+        density = self.density_at(probes.reshape(-1, 3)).reshape(-1, 6)
         grad = density[:, :3] - density[:, 3:]
         return -torch.nn.functional.normalize(grad, dim=-1)
 
-    def _background(self, origins: Tensor, directions: Tensor, far: Tensor, with_features: bool = False) -> Tuple[Tensor, ...]:
-        """Far-field colour [R, 3] from the block (or active slot) where each ray leaves the city
-        (and with_features its last layer's input [h; 1], zero where a frozen block answers)."""
+    def _background(self, origins: Tensor, directions: Tensor, far: Tensor, with_features: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+        """Far-field colour [R, 3] from the block (or active slot) where each ray leaves the city,
+        and with_features its last layer's input [h; 1] (zero where a frozen block answers; else None)."""
         exit_points = origins + directions * far[:, None]
         owners = self.partition.block_of_xy(exit_points)
         if self.solo_block is not None:
@@ -282,7 +304,8 @@ class CityModel(Model):
                 return (rgb, self._last_layer_inputs(module, hidden, width)) if with_features else (rgb,)
 
         dims = (3, width) if with_features else (3,)
-        return route(keys, lambda k: self._module(k, origins.device), evaluate, dims, origins)
+        rgb, *far_in = route(keys, lambda k: self._module(k, origins.device), evaluate, dims, origins)
+        return rgb, (far_in[0] if far_in else None)
 
     # ------------------------------------------------------------------ rendering
     def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
@@ -295,21 +318,21 @@ class CityModel(Model):
         ray_bundle.fars = torch.maximum(far, near + 1e-6)[:, None]
         coarse = self.uniform_sampler(ray_bundle)
         with torch.no_grad():
-            (coarse_density,) = self._query(coarse, with_rgb=False)
-            coarse_weights = coarse.get_weights(coarse_density)
+            coarse_weights = coarse.get_weights(self._query(coarse, with_rgb=False).density)
         fine = self.pdf_sampler(ray_bundle, coarse, coarse_weights)
         with_features = self.training and self.fisher_features
-        density, sample_rgb, *sample_in = self._query(fine, with_rgb=True, with_features=with_features)
+        values = self._query(fine, with_rgb=True, with_features=with_features)
+        density, sample_rgb = values.density, values.rgb
         weights = fine.get_weights(density) * hit[:, None, None]
-        background, *far_in = self._background(origins, directions, far, with_features)
+        background, far_in = self._background(origins, directions, far, with_features)
         rgb, accumulation = composite(weights, sample_rgb, background)
         depth = self.depth_renderer(weights=weights, ray_samples=fine)
         outputs = {"rgb": rgb, "accumulation": accumulation, "depth": depth}
         if with_features:  # what FIM-NeRF's closed-form score needs (CityModel.fisher_scores)
             outputs["fisher_inputs"] = dict(
                 weights=weights.detach(), sample_rgb=sample_rgb.detach(), density=density.detach(),
-                deltas=fine.deltas, density_in=sample_in[0], color_in=sample_in[1],
-                background=background.detach(), far_in=far_in[0], hit=hit.to(density),
+                deltas=fine.deltas, density_in=values.density_in, color_in=values.color_in,
+                background=background.detach(), far_in=far_in, hit=hit.to(density),
             )
         if not self.training and not self._evaluating:  # normals in [0, 1], as nerfstudio's exporter and viewer expect
             normals = self._surface_normals(origins + directions * depth)

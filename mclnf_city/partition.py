@@ -344,3 +344,8 @@ def partition_table(partition: BlockPartition, images: Dict[int, int], rays: Dic
             f"{rays.get(b, 0):,}",
         )
     return table
+
+
+def too_few_rays(rays: Dict[int, int], min_rays: int) -> Dict[int, str]:
+    """Blocks crossed by fewer than `min_rays` training rays (they stay empty), with the reason."""
+    return {b: f"{n} training rays < --pipeline.min-rays-per-block {min_rays}" for b, n in rays.items() if n < min_rays}

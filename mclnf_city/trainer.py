@@ -66,7 +66,7 @@ class CityTrainer(Trainer):
         if test_mode == "val":
             if self.world_size > 1:
                 self._start_step = self.pipeline.resume_step()
-                self.pipeline.model.active_block.fill_(-1)  # every process starts its block afresh
+                self.pipeline.stream.deactivate()  # every process starts its block afresh
             else:  # a checkpoint older than the store's last block: that block is not trained again
                 self._start_step = max(self._start_step, self.pipeline.resume_step())
         self.config.max_num_iterations = max(self.pipeline.total_steps - self._start_step, 0)

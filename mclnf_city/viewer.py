@@ -34,7 +34,6 @@ from mclnf_city.store import ACTIVE, DONE, EMPTY, WAITING
 if TYPE_CHECKING:
     from nerfstudio.viewer.viewer import Viewer
 
-    from mclnf_city.pipeline import CityPipeline
 
 Colour = Tuple[int, int, int]
 STATUS_COLOURS: Dict[str, Colour] = {
@@ -77,7 +76,7 @@ def box_outline(corners: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return points, controls
 
 
-def progress_markdown(pipeline: "CityPipeline", step: Optional[int]) -> str:
+def progress_markdown(pipeline, step: Optional[int]) -> str:
     """The stream's progress: blocks done / total, the active block and its step, PSNR at finish."""
     store, stream = pipeline.store, pipeline.stream
     done = sum(store.status(b) == DONE for b in stream)
@@ -103,7 +102,7 @@ def progress_markdown(pipeline: "CityPipeline", step: Optional[int]) -> str:
 class CityViewer(ViewerControl):
     """Block boxes, stream progress and block visibility in nerfstudio's viewer (see module doc)."""
 
-    def __init__(self, pipeline: "CityPipeline"):
+    def __init__(self, pipeline):  # the CityPipeline that holds this control
         self.pipeline = pipeline
         self.viser_server = None  # set by `_setup` when a viewer starts; None: no viewer, do nothing
         self._lock = threading.Lock()  # the training thread and viser's threads both update

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import FAST, run
-from mclnf_city.distributed import wave_schedule
+from mclnf_city.stream import wave_schedule
 from mclnf_city.store import CityStore
 
 STEPS = ["--pipeline.steps-per-block", "12"]

@@ -85,7 +85,7 @@ def camera_by_name(pipeline, name: str):
 
 
 def render_alone(pipeline, b: int, camera) -> torch.Tensor:
-    """Block b alone (its region, its far field), as `CityPipeline.render_block_alone` renders it."""
+    """Block b alone (its region, its far field), as `CityReport.render_block_alone` renders it."""
     model = pipeline.model
     model.solo_block, was_training = b, model.training
     model.eval()
@@ -103,7 +103,7 @@ def old_city(captures, tmp_path_factory):
     trainer.train()
     pipeline = trainer.pipeline
     eval_names = [Path(n).name for n in pipeline.datamanager.eval_dataset._dataparser_outputs.image_filenames]
-    views = {b: [eval_names[i] for i in v] for b, v in pipeline.test_views_by_block().items()}
+    views = {b: [eval_names[i] for i in v] for b, v in pipeline.report.test_views_by_block().items()}
     solo = {b: {n: render_alone(pipeline, b, camera_by_name(pipeline, n)) for n in views.get(b, eval_names[:1])}
             for b in pipeline.store.done_blocks()}
     cameras = {n: camera_by_name(pipeline, n) for names in views.values() for n in names}

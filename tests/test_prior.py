@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mclnf_city.fields import BlockField, BlockFieldSpec
-from mclnf_city.pipeline import PRIOR_DIR, bundled_prior_path, initial_prior
+from mclnf_city.prior import PRIOR_DIR, bundled_prior_path, initial_prior
 from mclnf_city.store import load_checked, sha256
 from method_configs.mclnf_city_presets import mclnf_city_tiny
 
@@ -74,7 +74,7 @@ def test_a_wheel_install_carries_the_bundled_priors(tmp_path):
     for path in PRIOR_DIR.glob("*.pt"):
         assert f"mclnf_city/priors/{path.name}" in names and f"mclnf_city/priors/{path.stem}.json" in names
     subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=300)
-    check = ("import sys; sys.path.insert(0, sys.argv[1]); from mclnf_city.pipeline import PRIOR_DIR; "
+    check = ("import sys; sys.path.insert(0, sys.argv[1]); from mclnf_city.prior import PRIOR_DIR; "
              "assert str(PRIOR_DIR).startswith(sys.argv[1]), PRIOR_DIR; print(sorted(p.name for p in PRIOR_DIR.glob('*.pt')))")
     out = subprocess.run([sys.executable, "-c", check, str(tmp_path / "site")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -14,7 +14,7 @@ from conftest import load_tool
 from mclnf_city.fields import BlockField, BlockFieldSpec
 from mclnf_city.model import CityModelConfig
 from mclnf_city.partition import BlockPartition
-from mclnf_city.pipeline import initial_prior
+from mclnf_city.prior import initial_prior
 from mclnf_city.store import CityStore
 
 SPEC = BlockFieldSpec(num_levels=4, max_res=64, log2_hashmap_size=10, hidden_dim=16, hidden_dim_color=16,

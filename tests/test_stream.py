@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import load_tool, tiny_trainer_config
-from mclnf_city.pipeline import initial_prior
+from mclnf_city.prior import initial_prior
 from mclnf_city.store import DONE, CityStore, StoreError
 
 setup_trainer = load_tool("city_runs").setup_trainer
@@ -21,7 +21,7 @@ def trained(tiny_capture, tmp_path_factory):
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
     pipeline = trainer.pipeline
-    views = pipeline.test_views_by_block()
+    views = pipeline.report.test_views_by_block()
     at_finish = {}
     original_finish = pipeline.finish_block
 
@@ -29,8 +29,8 @@ def trained(tiny_capture, tmp_path_factory):
         original_finish(b, step)
         # renders right after block b finished: alone, and through the city as it stands
         at_finish[b] = {
-            "alone": pipeline.render_block_alone(b, views.get(b, [0])),
-            "city": [pipeline.render_test_view(i)[0] for i in views.get(b, [0])],
+            "alone": pipeline.report.render_block_alone(b, views.get(b, [0])),
+            "city": [pipeline.report.render_test_view(i)[0] for i in views.get(b, [0])],
             "loaded": list(pipeline.model.frozen.loaded()),
         }
 
@@ -52,7 +52,7 @@ def test_zero_forgetting_bit_identical(trained):
     _, pipeline, views, at_finish = trained
     pipeline.model.frozen._blocks.clear()  # read every block back from the store
     for b in pipeline.stream:
-        now = pipeline.render_block_alone(b, views.get(b, [0]))
+        now = pipeline.report.render_block_alone(b, views.get(b, [0]))
         assert torch.equal(now, at_finish[b]["alone"]), f"block {b} changed after later blocks trained"
         assert now.abs().sum() > 0
 
@@ -63,7 +63,7 @@ def test_city_renders_of_the_last_block_unchanged(trained):
     last = pipeline.stream[-1]
     pipeline.model.frozen._blocks.clear()
     for i, before in zip(views.get(last, [0]), at_finish[last]["city"]):
-        assert torch.equal(pipeline.render_test_view(i)[0], before)
+        assert torch.equal(pipeline.report.render_test_view(i)[0], before)
 
 
 def test_memory_bounded_by_cache(trained):
@@ -182,7 +182,7 @@ def test_a_finished_block_answers_with_the_stored_weights(trained):
     cached = pipeline.model.frozen.get(b, "cpu").state_dict()
     for k, v in pipeline.store.load_block(b).items():
         assert torch.equal(cached[k], v), f"block {b}: {k} is not what the store holds"
-    assert torch.equal(pipeline.render_block_alone(b, views.get(b, [0])), at_finish[b]["alone"])
+    assert torch.equal(pipeline.report.render_block_alone(b, views.get(b, [0])), at_finish[b]["alone"])
 
 def test_a_resume_after_a_kill_between_store_and_checkpoint_uses_the_stored_block(tiny_capture, tmp_path):
     """Killed after block B was stored but before its checkpoint: the resumed run skips B's steps,
@@ -238,9 +238,9 @@ def test_capped_evaluation_renders_the_same_view_smaller(trained):
     """--pipeline.block-eval-max-pixels: the view is rendered at most that large, with its aspect,
     and matches the full-resolution render and photo averaged down to that size."""
     _, pipeline, _, _ = trained
-    full, photo = pipeline.render_test_view(0)
+    full, photo = pipeline.report.render_test_view(0)
     height, width = photo.shape[:2]
-    small, small_photo = pipeline.render_test_view(0, max_pixels=height * width // 4)
+    small, small_photo = pipeline.report.render_test_view(0, max_pixels=height * width // 4)
     h, w = small.shape[:2]
     assert small_photo.shape == small.shape and h * w <= height * width // 4
     assert abs(w / h - width / height) < 0.1
@@ -250,4 +250,4 @@ def test_capped_evaluation_renders_the_same_view_smaller(trained):
     same, mirrored = psnr(small, area(full)), psnr(small, area(full.flip(1)))
     print(f"downscaled render vs full render averaged down: {same:.1f} dB (mirrored: {mirrored:.1f} dB)")
     assert same > 25 and same > mirrored + 5, "the downscaled render is not the same view"
-    assert torch.equal(pipeline.render_test_view(0, max_pixels=height * width)[0], full)  # no cap needed: untouched
+    assert torch.equal(pipeline.report.render_test_view(0, max_pixels=height * width)[0], full)  # no cap needed: untouched

@@ -81,21 +81,21 @@ def test_hidden_block_renders_like_empty_space_and_training_is_unaffected(pipeli
     model = pipeline.model
     b, other = pipeline.stream[0], pipeline.stream[1]
     shown = _render(pipeline)
-    density_b = model._evaluate_points(_points_in(pipeline, b), None, None)[0]
-    density_other = model._evaluate_points(_points_in(pipeline, other), None, None)[0]
+    density_b = model.density_at(_points_in(pipeline, b))
+    density_other = model.density_at(_points_in(pipeline, other))
     assert density_b.abs().sum() > 0
     try:
         model.hidden_blocks = frozenset({b})
         # hidden: no density in its region; the other blocks answer as before
-        assert torch.equal(model._evaluate_points(_points_in(pipeline, b), None, None)[0], torch.zeros_like(density_b))
-        assert torch.equal(model._evaluate_points(_points_in(pipeline, other), None, None)[0], density_other)
+        assert torch.equal(model.density_at(_points_in(pipeline, b)), torch.zeros_like(density_b))
+        assert torch.equal(model.density_at(_points_in(pipeline, other)), density_other)
         assert not torch.equal(_render(pipeline)["rgb"], shown["rgb"])
         # every block hidden: the whole city is empty space (no density, no far field)
         model.hidden_blocks = frozenset(pipeline.stream)
         nothing = _render(pipeline)
         assert nothing["accumulation"].abs().max() == 0 and nothing["rgb"].abs().max() == 0
         # evaluation and training see every block, whatever the viewer hides
-        assert torch.equal(pipeline.render_test_view(0)[0], shown["rgb"])
+        assert torch.equal(pipeline.report.render_test_view(0)[0], shown["rgb"])
         with model.for_evaluation():
             evaluated = _render(pipeline)
             assert torch.equal(evaluated["rgb"], shown["rgb"])
@@ -103,7 +103,7 @@ def test_hidden_block_renders_like_empty_space_and_training_is_unaffected(pipeli
         assert "normals" in shown  # the viewer and ns-export pointcloud get them
         model.train()
         try:
-            assert torch.equal(model._evaluate_points(_points_in(pipeline, b), None, None)[0], density_b)
+            assert torch.equal(model.density_at(_points_in(pipeline, b)), density_b)
         finally:
             model.eval()
     finally:
