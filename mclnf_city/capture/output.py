@@ -5,15 +5,17 @@ may be written at all."""
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 
 from mclnf_city.capture.checks import CaptureError
 from mclnf_city.capture.report import ProcessSummary, Reporter
 from mclnf_city.capture.sfm import CAMERA_MODELS
-from mclnf_city.files import publish, write_ply
+from mclnf_city.files import publish, staging_dir, write_ply
 
 
 # --------------------------------------------------------------------------- transforms.json and points
@@ -100,6 +102,18 @@ def check_output(output: Path, inputs: List[Tuple[str, Path]], overwrite: bool) 
     if not output.is_dir() or (any(output.iterdir()) and not (output / "process_summary.json").is_file()):
         raise CaptureError(f"{output}: exists and is not a capture mclnf-process wrote (no process_summary.json); "
                            "--overwrite replaces only those: choose another output")
+
+
+@contextmanager
+def staged(output: Path) -> Iterator[Path]:
+    """A fresh staging folder beside `output`, removed when the body fails: a failed run never
+    leaves a half-written capture. The body ends with `publish_with_summary`."""
+    tmp = staging_dir(output)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def publish_with_summary(tmp: Path, output: Path, summary: ProcessSummary, reporter: Reporter, overwrite: bool) -> None:

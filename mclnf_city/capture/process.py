@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 from mclnf_city.capture.checks import CaptureError, name_list
 from mclnf_city.capture.frame import apply_city_frame, city_frame, drop_images
 from mclnf_city.capture.images import VIDEO_SUFFIXES, check_sizes, gather_input
-from mclnf_city.capture.output import build_transforms, check_output, publish_with_summary, write_sparse_ply
+from mclnf_city.capture.output import build_transforms, check_output, publish_with_summary, staged, write_sparse_ply
 from mclnf_city.capture.register import register_into
 from mclnf_city.capture.report import ProcessSummary, Reporter, print_summary
 from mclnf_city.capture.sfm import (
@@ -37,7 +37,6 @@ from mclnf_city.capture.sfm import (
     read_gps,
     run_mapping,
 )
-from mclnf_city.files import staging_dir
 
 
 # --------------------------------------------------------------------------- options
@@ -97,9 +96,8 @@ def process(options: ProcessOptions) -> ProcessSummary:
     reporter = Reporter(quiet=options.quiet)
     configure_colmap_logging(options.verbose)
     output = Path(options.output)
-    tmp = staging_dir(output)
     summary = ProcessSummary(output=str(output))
-    try:
+    with staged(output) as tmp:
         image_dir = tmp / "images"
         names, sizes, summary.video = gather_input(options, image_dir, reporter)
         summary.images_in = len(names)
@@ -156,9 +154,6 @@ def process(options: ProcessOptions) -> ProcessSummary:
             summary.city_frame = meta["city_frame"]
             (tmp / "transforms.json").write_text(json.dumps(meta, indent=2))
         publish_with_summary(tmp, output, summary, reporter, options.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print_summary(summary, reporter)
     return summary
 

@@ -37,10 +37,10 @@ import numpy as np
 
 from mclnf_city.capture.checks import CaptureError, name_list, read_json
 from mclnf_city.capture.images import check_sizes, gather_input
-from mclnf_city.capture.output import camera_intrinsics, opengl_camera_to_world, publish_with_summary, write_sparse_ply
+from mclnf_city.capture.output import camera_intrinsics, opengl_camera_to_world, publish_with_summary, staged, write_sparse_ply
 from mclnf_city.capture.report import ProcessSummary, Reporter, print_summary
 from mclnf_city.capture.sfm import configure_colmap_logging
-from mclnf_city.files import link_or_copy, staging_dir
+from mclnf_city.files import link_or_copy
 
 
 MIN_SHARED_POINTS = 15  # co-visible CAPTURE pairs (re-triangulation only): at least this many shared 3D points
@@ -265,9 +265,8 @@ def register_into(options) -> ProcessSummary:
         old_names = sorted(old_frames)
         old_cameras = sorted({rec.image(i).camera_id for i in rec.reg_image_ids()})
         reporter.line(f"    {capture}: {len(old_names)} posed images, {rec.num_points3D()} points")
-    tmp = staging_dir(output)
     summary = ProcessSummary(output=str(output))
-    try:
+    with staged(output) as tmp:
         for item in capture.iterdir():  # CAPTURE's files; ours are rewritten below
             if item.name in ("colmap", "transforms.json", "sparse_pc.ply", "process_summary.json"):
                 continue
@@ -382,9 +381,6 @@ def register_into(options) -> ProcessSummary:
             summary.mapping = {"attempts": record, "kept_capture_points": reuse, "registered_into": str(capture), "capture": index}
             (tmp / "transforms.json").write_text(json.dumps(out_meta, indent=2))
         publish_with_summary(tmp, output, summary, reporter, options.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print_summary(summary, reporter)
     return summary
 
