@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT, TINY_CITY, load_tool, tiny_trainer_config
 from mclnf_city.capture import CaptureError
 from mclnf_city.grow import GrowError, grow_partition
-from mclnf_city.process import ProcessOptions, process
+from mclnf_city.capture.process import ProcessOptions, process
 from mclnf_city.store import DONE, CityStore
 
 setup_trainer = load_tool("city_runs").setup_trainer
@@ -390,7 +390,7 @@ def test_registration_bad_input_is_named_and_leaves_nothing(door_city, tmp_path)
 def test_registration_when_the_capture_keypoints_differ(door_city, tmp_path, monkeypatch):
     """Keypoints extracted again that differ from the model's (another SIFT build, say): the
     capture's points are triangulated again with its poses fixed, and the photos still register."""
-    from mclnf_city import register
+    from mclnf_city.capture import register
 
     _, city = door_city
     monkeypatch.setattr(register, "keypoints_match_model", lambda *a: False)

@@ -12,15 +12,10 @@ from PIL import Image
 
 from conftest import FAST, ROOT, load_tool, run
 from mclnf_city.capture import CaptureError, check_transforms_json
-from mclnf_city.process import (
-    ProcessOptions,
-    build_parser,
-    choose_matching,
-    extract_video_frames,
-    main,
-    process,
-    umeyama,
-)
+from mclnf_city.capture.frame import umeyama
+from mclnf_city.capture.images import extract_video_frames
+from mclnf_city.capture.process import ProcessOptions, build_parser, main, process
+from mclnf_city.capture.sfm import choose_matching
 
 DOOR = ROOT / "tests" / "data" / "lund_door_small"
 
@@ -366,7 +361,7 @@ class _FakeModel:
     ([29], 1, 29),                     # everything registered: done
 ])
 def test_mapping_retries_while_most_images_are_stranded(monkeypatch, tmp_path, sizes, runs, registered):
-    import mclnf_city.process as process_module
+    import mclnf_city.capture.sfm as process_module
 
     names = [f"{i:02d}.jpg" for i in range(29)]
     calls = []

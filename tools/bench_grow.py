@@ -55,7 +55,7 @@ SMOKE = dict(width=40, height=30, steps_per_block=2, rays=128, samples=8, camera
 def door(args) -> Dict:
     from bench_process import compare_poses, default_data_dir, poses_from_colmap, poses_from_transforms
 
-    from mclnf_city.process import ProcessOptions, process
+    from mclnf_city.capture.process import ProcessOptions, process
 
     data = (args.data or default_data_dir()) / "lund_door"
     work = Path(tempfile.mkdtemp(prefix="bench_grow_door_"))
@@ -103,7 +103,7 @@ def door(args) -> Dict:
 
 def aligned_on(ours, truth, fit_names, test_names) -> Dict:
     """Errors of `test_names` after a similarity fitted on `fit_names` only (centres, Umeyama)."""
-    from mclnf_city.process import umeyama
+    from mclnf_city.capture.frame import umeyama
 
     scale, rot, t = umeyama(np.array([ours[n][1] for n in fit_names]), np.array([truth[n][1] for n in fit_names]))
     all_gt = np.array([c for _, c in truth.values()])

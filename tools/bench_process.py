@@ -36,7 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mclnf_city.process import ProcessOptions, process, umeyama  # noqa: E402
+from mclnf_city.capture.frame import umeyama  # noqa: E402
+from mclnf_city.capture.process import ProcessOptions, process  # noqa: E402
 
 ROT_TARGET_DEG = 2.0
 CENTRE_TARGET = 0.05

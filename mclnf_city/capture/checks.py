@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -30,21 +29,6 @@ def read_json(path: Path) -> Dict[str, Any]:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise CaptureError(f"{path}: not valid JSON ({e})") from e
-
-def load_image_uint8(path: Path, scale_factor: float = 1.0) -> torch.Tensor:
-    """[H, W, 3] uint8, resized like nerfstudio's InputDataset when scale_factor != 1."""
-    path = Path(path)
-    if not path.exists():
-        raise CaptureError(f"{path}: image file missing")
-    try:
-        with Image.open(path) as im:
-            if scale_factor != 1.0:
-                w, h = im.size
-                im = im.resize((int(w * scale_factor), int(h * scale_factor)), resample=Image.Resampling.BILINEAR)
-            arr = np.asarray(im.convert("RGB"))
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-        raise CaptureError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
-    return torch.from_numpy(arr.copy())
 
 
 def check_capture(dataparser, data: Path) -> None:
@@ -124,18 +108,19 @@ def check_transforms_json(data: Path) -> None:
         if not (path.parent / name).exists():
             missing.append(str(path.parent / name))
     if bad_pose:
-        raise CaptureError(f"{path}: non-finite or malformed transform_matrix for {_names(bad_pose)}")
+        raise CaptureError(f"{path}: non-finite or malformed transform_matrix for {name_list(bad_pose)}")
     if missing:
-        raise CaptureError(f"{path}: image files missing: {_names(missing)}")
+        raise CaptureError(f"{path}: image files missing: {name_list(missing)}")
 
 
 def check_cameras(camera_to_worlds: torch.Tensor, image_names: Sequence) -> None:
     """Poses after parsing must be finite (any dataparser)."""
     bad = (~torch.isfinite(camera_to_worlds.reshape(len(camera_to_worlds), -1)).all(-1)).nonzero().flatten().tolist()
     if bad:
-        raise CaptureError(f"non-finite camera pose for {_names([str(image_names[i]) for i in bad])}")
+        raise CaptureError(f"non-finite camera pose for {name_list([str(image_names[i]) for i in bad])}")
 
 
-def _names(names: Sequence[str], limit: int = 8) -> str:
+def name_list(names: Sequence[str], limit: int = 8) -> str:
+    """Names for an error message: the first `limit`, then how many more."""
     shown = ", ".join(names[:limit])
     return f"{shown} (and {len(names) - limit} more)" if len(names) > limit else shown

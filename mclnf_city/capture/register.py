@@ -35,8 +35,13 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from mclnf_city.capture import CaptureError, _names, read_json
-from mclnf_city.files import link_or_copy, staging_dir
+from mclnf_city.capture.checks import CaptureError, name_list, read_json
+from mclnf_city.capture.images import check_sizes, gather_input
+from mclnf_city.capture.output import camera_intrinsics, opengl_camera_to_world, publish_with_summary, staged, write_sparse_ply
+from mclnf_city.capture.report import ProcessSummary, Reporter, print_summary
+from mclnf_city.capture.sfm import configure_colmap_logging
+from mclnf_city.files import link_or_copy
+
 
 MIN_SHARED_POINTS = 15  # co-visible CAPTURE pairs (re-triangulation only): at least this many shared 3D points
 INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "k1", "k2", "k3", "k4", "p1", "p2", "distortion_params")
@@ -51,8 +56,6 @@ def load_existing(capture: Path):
     Returns (meta, reconstruction, {frame file name: frame}); raises CaptureError naming the file.
     """
     import pycolmap
-
-    from mclnf_city.process import opengl_camera_to_world
 
     capture = Path(capture)
     transforms = capture / "transforms.json"
@@ -211,8 +214,6 @@ def continue_mapping(database: Path, image_dir: Path, model_dir: Path, work: Pat
 def grown_transforms(meta: Dict, rec, old_frames: Dict[str, Dict], new_names: Sequence[str], capture_index: int,
                      capture_record: Dict, old_camera_ids) -> Dict:
     """CAPTURE's transforms.json with the new frames appended (see the module docstring)."""
-    from mclnf_city.process import camera_intrinsics, opengl_camera_to_world
-
     out = json.loads(json.dumps(meta))  # a deep copy
     frames = out["frames"]
     by_name = {rec.image(i).name: rec.image(i) for i in rec.reg_image_ids()}
@@ -251,19 +252,8 @@ def next_capture_index(meta: Dict) -> int:
 # --------------------------------------------------------------------------- driver
 
 
-def register_into(options) -> "ProcessSummary":  # noqa: F821 - ProcessSummary lives in process.py
+def register_into(options) -> ProcessSummary:
     """`mclnf-process NEW OUT --register-into CAPTURE`: see the module docstring."""
-    from mclnf_city.process import (
-        ProcessSummary,
-        Reporter,
-        check_sizes,
-        configure_colmap_logging,
-        gather_input,
-        print_summary,
-        publish_with_summary,
-        write_sparse_ply,
-    )
-
     capture = Path(options.register_into)
     output = Path(options.output)
     if options.matching != "auto":
@@ -275,9 +265,8 @@ def register_into(options) -> "ProcessSummary":  # noqa: F821 - ProcessSummary l
         old_names = sorted(old_frames)
         old_cameras = sorted({rec.image(i).camera_id for i in rec.reg_image_ids()})
         reporter.line(f"    {capture}: {len(old_names)} posed images, {rec.num_points3D()} points")
-    tmp = staging_dir(output)
     summary = ProcessSummary(output=str(output))
-    try:
+    with staged(output) as tmp:
         for item in capture.iterdir():  # CAPTURE's files; ours are rewritten below
             if item.name in ("colmap", "transforms.json", "sparse_pc.ply", "process_summary.json"):
                 continue
@@ -293,7 +282,7 @@ def register_into(options) -> "ProcessSummary":  # noqa: F821 - ProcessSummary l
         clash = [f"{Path(options.input) / n} (as {stored[n]})" for n in names if stored[n] in taken]
         if clash:
             raise CaptureError(
-                f"{capture / 'images'} already holds image(s) named like the new photos: {_names(clash)}; "
+                f"{capture / 'images'} already holds image(s) named like the new photos: {name_list(clash)}; "
                 "pass --name-prefix to store the new photos under other names"
             )
         image_dir.mkdir(exist_ok=True)
@@ -356,7 +345,7 @@ def register_into(options) -> "ProcessSummary":  # noqa: F821 - ProcessSummary l
             if len(registered) < need:
                 raise CaptureError(
                     f"{options.input}: only {len(registered)} of {len(new_names)} new image(s) registered into {capture} "
-                    f"(at least {need} needed, --min-registered); not registered: {_names(missing)}. "
+                    f"(at least {need} needed, --min-registered); not registered: {name_list(missing)}. "
                     "Do the new photos overlap the capture's, and are they sharp and textured?"
                 )
             grown = grown[1]
@@ -392,9 +381,6 @@ def register_into(options) -> "ProcessSummary":  # noqa: F821 - ProcessSummary l
             summary.mapping = {"attempts": record, "kept_capture_points": reuse, "registered_into": str(capture), "capture": index}
             (tmp / "transforms.json").write_text(json.dumps(out_meta, indent=2))
         publish_with_summary(tmp, output, summary, reporter, options.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print_summary(summary, reporter)
     return summary
 
