@@ -43,19 +43,8 @@ import torch
 
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from mclnf_city.files import link_or_copy
 from mclnf_city.partition import BlockPartition, too_few_rays, visit_order
-from mclnf_city.store import (
-    DONE,
-    EMPTY,
-    MANIFEST_VERSION,
-    WAITING,
-    CityStore,
-    StoreError,
-    atomic_write_bytes,
-    sha256,
-    tensor_bytes,
-)
+from mclnf_city.store import DONE, EMPTY, WAITING, CityStore, GrowingStore, StoreError
 
 FRAME_KEY = "dataparser_frame"
 MIN_FOOTPRINT = 2  # a grid cell becomes a block when at least this many footprint points of new cameras fall in it
@@ -219,47 +208,6 @@ def city_frame(config) -> Iterator[None]:
         yield
 
 
-# ------------------------------------------------------------------ the store of a grown run
-class GrowingStore(CityStore):
-    """The store as the *training* pipeline of a grown run sees it: a block being re-captured
-    is not done (so it trains), and writing it stores a new version (see the module docstring)."""
-
-    def _pending(self, b: int) -> Optional[Dict[str, Any]]:
-        return self.block(b).get("recapture")
-
-    def status(self, b: int) -> str:
-        pending = self._pending(b)
-        return pending["status"] if pending else super().status(b)
-
-    def done_blocks(self):
-        return [b for b in super().done_blocks() if not self._pending(b)]
-
-    def set_status(self, b: int, status: str, **fields: Any) -> None:
-        if not self._pending(b):
-            return super().set_status(b, status, **fields)
-        self._update(lambda m: m["blocks"][str(b)]["recapture"].update(status=status, **fields))
-
-    def write_block(self, b: int, state: Dict[str, torch.Tensor], steps: int, metrics: Dict[str, float], **fields: Any) -> None:
-        pending = self._pending(b)
-        if not pending:
-            return super().write_block(b, state, steps, metrics, **fields)
-        version = int(pending["version"])
-        data = tensor_bytes({k: v.detach().cpu().clone() for k, v in state.items()})
-        rel = f"blocks/block_{b:03d}_v{version}.pt"
-        atomic_write_bytes(self.root / rel, data)
-
-        def change(manifest: Dict[str, Any]) -> None:  # the commit point: one manifest write
-            entry = manifest["blocks"][str(b)]
-            previous = {k: entry[k] for k in ("file", "sha256", "steps", "finished_at", "seconds", "metrics") if k in entry}
-            previous["version"] = entry.get("version", 1)
-            entry.setdefault("versions", []).append(previous)
-            entry.pop("recapture")
-            entry.update(status=DONE, file=rel, sha256=sha256(data), steps=steps, finished_at=time.time(), version=version, **fields)
-            entry["metrics"] = {"at_finish": metrics}
-
-        self._update(change)
-
-
 def open_store(config, outputs, training: bool) -> CityStore:
     """The pipeline's store: as before for a city that never grew; else this run's grown store,
     seeded from --pipeline.grow-city on the first training start. A grown run resumed with
@@ -421,7 +369,7 @@ def seed_store(store: CityStore, old: CityStore, config, outputs) -> None:
             "to retrain blocks they show, list them with --pipeline.recapture-blocks"
         )
     frame = find_frame(config)
-    blocks: Dict[str, Any] = {}
+    blocks: Dict[int, Dict[str, Any]] = {}
     for b in range(n_old):
         entry = copy.deepcopy(old.block(b))
         entry.pop("recapture", None)  # an unfinished re-capture of the old city is not carried over
@@ -429,19 +377,14 @@ def seed_store(store: CityStore, old: CityStore, config, outputs) -> None:
             entry = {"status": WAITING}
         if b in recapture:
             entry["recapture"] = {"version": int(entry.get("version", 1)) + 1, "status": WAITING}
-        blocks[str(b)] = entry
-    for b in new_blocks:
-        blocks[str(b)] = {"status": WAITING}
-    for rel in old.files():  # each checked to lie inside the old store
-        link_or_copy(old.root / rel, store.root / rel)
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "partition": grown.to_dict(),
-        "stream_order": list(grown.stream_order),
-        "info": {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block, FRAME_KEY: frame},
-        "prior": copy.deepcopy(old.manifest.get("prior")),
-        "blocks": blocks,
-        "grow": {
+        blocks[b] = entry
+    store.create(
+        grown,
+        {},
+        {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block, FRAME_KEY: frame},
+        blocks=blocks,
+        prior=copy.deepcopy(old.manifest.get("prior")),
+        grow={
             "from": str(old.root.resolve()),
             "from_info": {k: v for k, v in old.manifest["info"].items() if k != FRAME_KEY},
             "capture": capture,
@@ -451,16 +394,8 @@ def seed_store(store: CityStore, old: CityStore, config, outputs) -> None:
             "train_order": recapture + order,
             "created_at": time.time(),
         },
-    }
-
-    def change(current: Dict[str, Any]) -> None:
-        if current:
-            raise GrowError(f"a city already exists at {store.manifest_path}")
-        current.update(manifest)
-
-    store._update(change)
-    grown.save(store.root / "partition.json")
-    store.verify()
+        files_from=old,
+    )
     added = ", ".join(f"{b} (cell {grown.cell(b)})" for b in new_blocks) or "none"
     CONSOLE.print(
         f"[bold]growing the city[/bold] {old.root} -> {store.root}: {n_old} blocks kept, new blocks {added}"

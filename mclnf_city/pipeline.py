@@ -208,7 +208,6 @@ class CityPipeline(VanillaPipeline):
         info = {"data": str(data), "num_train_images": len(c2w), "steps_per_block": config.steps_per_block, "bounds": report.to_dict()}
         info.update(grow.frame_info(self.datamanager.dataparser))  # so that the city can grow later
         self.store.create(partition, empty, info)
-        partition.save(self.store.root / "partition.json")
         return partition
 
     # ------------------------------------------------------------------ prior

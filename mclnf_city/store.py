@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from mclnf_city.files import atomic_write_bytes
+from mclnf_city.files import atomic_write_bytes, link_or_copy
 from mclnf_city.partition import BlockPartition
 
 MANIFEST_VERSION = 1
@@ -114,21 +114,41 @@ class CityStore:
     def exists(self) -> bool:
         return bool(self.manifest)
 
-    def create(self, partition: BlockPartition, empty_blocks: Dict[int, str], info: Dict[str, Any]) -> None:
-        """Start a new city: record its partition and every block as waiting (or empty)."""
-        blocks = {}
+    def create(
+        self,
+        partition: BlockPartition,
+        empty_blocks: Dict[int, str],
+        info: Dict[str, Any],
+        blocks: Optional[Dict[int, Dict[str, Any]]] = None,
+        prior: Optional[Dict[str, Any]] = None,
+        grow: Optional[Dict[str, Any]] = None,
+        files_from: Optional["CityStore"] = None,
+    ) -> None:
+        """Start a city: its partition, every block waiting (or empty, with the reason) unless
+        `blocks` gives its entry. A grown city also carries its old city's prior record and
+        files (linked from `files_from`) and what the growth is (`grow`). The manifest write is
+        the commit point; partition.json is written beside it for people to read."""
+        entries = {}
         for b in range(partition.num_blocks):
-            blocks[str(b)] = {"status": EMPTY if b in empty_blocks else WAITING}
-            if b in empty_blocks:
-                blocks[str(b)]["reason"] = empty_blocks[b]
+            if blocks is not None and b in blocks:
+                entries[str(b)] = blocks[b]
+            elif b in empty_blocks:
+                entries[str(b)] = {"status": EMPTY, "reason": empty_blocks[b]}
+            else:
+                entries[str(b)] = {"status": WAITING}
         new = {
             "version": MANIFEST_VERSION,
             "partition": partition.to_dict(),
             "stream_order": list(partition.stream_order),
             "info": info,
-            "prior": None,
-            "blocks": blocks,
+            "prior": prior,
+            "blocks": entries,
         }
+        if grow is not None:
+            new["grow"] = grow
+        if files_from is not None:
+            for rel in files_from.files():  # each checked to lie inside the old store
+                link_or_copy(files_from.root / rel, self.root / rel)
 
         def change(manifest: Dict[str, Any]) -> None:
             if manifest:
@@ -136,6 +156,8 @@ class CityStore:
             manifest.update(new)
 
         self._update(change)
+        partition.save(self.root / "partition.json")
+        self.verify()
 
     def partition(self) -> BlockPartition:
         return BlockPartition.from_dict(self.manifest["partition"])
@@ -243,3 +265,44 @@ class CityStore:
                 raise StoreError(f"block {b}: file missing: {path}")
             if sha256(path.read_bytes()) != entry["sha256"]:
                 raise StoreError(f"block {b}: file corrupted (checksum mismatch): {path}")
+
+
+class GrowingStore(CityStore):
+    """The store as the *training* pipeline of a grown run sees it: a block being re-captured
+    is not done (so it trains), and writing it stores a new version (blocks/block_NNN_vK.pt);
+    the old version stays in service until that one manifest write."""
+
+    def _pending(self, b: int) -> Optional[Dict[str, Any]]:
+        return self.block(b).get("recapture")
+
+    def status(self, b: int) -> str:
+        pending = self._pending(b)
+        return pending["status"] if pending else super().status(b)
+
+    def done_blocks(self):
+        return [b for b in super().done_blocks() if not self._pending(b)]
+
+    def set_status(self, b: int, status: str, **fields: Any) -> None:
+        if not self._pending(b):
+            return super().set_status(b, status, **fields)
+        self._update(lambda m: m["blocks"][str(b)]["recapture"].update(status=status, **fields))
+
+    def write_block(self, b: int, state: Dict[str, torch.Tensor], steps: int, metrics: Dict[str, float], **fields: Any) -> None:
+        pending = self._pending(b)
+        if not pending:
+            return super().write_block(b, state, steps, metrics, **fields)
+        version = int(pending["version"])
+        data = tensor_bytes({k: v.detach().cpu().clone() for k, v in state.items()})
+        rel = f"blocks/block_{b:03d}_v{version}.pt"
+        atomic_write_bytes(self.root / rel, data)
+
+        def change(manifest: Dict[str, Any]) -> None:  # the commit point: one manifest write
+            entry = manifest["blocks"][str(b)]
+            previous = {k: entry[k] for k in ("file", "sha256", "steps", "finished_at", "seconds", "metrics") if k in entry}
+            previous["version"] = entry.get("version", 1)
+            entry.setdefault("versions", []).append(previous)
+            entry.pop("recapture")
+            entry.update(status=DONE, file=rel, sha256=sha256(data), steps=steps, finished_at=time.time(), version=version, **fields)
+            entry["metrics"] = {"at_finish": metrics}
+
+        self._update(change)

@@ -3,7 +3,7 @@
 Modules in import order (each imports only those above it); processing runs
 images -> sfm -> frame -> output:
 - checks: CaptureError and the checks on a capture's files and poses
-- report: stage lines, progress bars and the run's summary
+- progress: stage lines, progress bars and the run's summary
 - images: input photos or video frames, checked and copied; a capture's image for training
 - frame: the city frame (up, heading, GPS scale) of a reconstruction
 - sfm: pycolmap features, matching and mapping (models scored against GPS with frame)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mclnf_city.capture.checks import CaptureError, name_list
-from mclnf_city.capture.report import Reporter
+from mclnf_city.capture.progress import Reporter
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}

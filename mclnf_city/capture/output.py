@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Tuple
 import numpy as np
 
 from mclnf_city.capture.checks import CaptureError
-from mclnf_city.capture.report import ProcessSummary, Reporter
+from mclnf_city.capture.progress import ProcessSummary, Reporter
 from mclnf_city.capture.sfm import CAMERA_MODELS
 from mclnf_city.files import publish, staging_dir, write_ply
 

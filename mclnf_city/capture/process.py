@@ -24,7 +24,7 @@ from mclnf_city.capture.frame import apply_city_frame, city_frame, drop_images
 from mclnf_city.capture.images import VIDEO_SUFFIXES, check_sizes, gather_input
 from mclnf_city.capture.output import build_transforms, check_output, publish_with_summary, staged, write_sparse_ply
 from mclnf_city.capture.register import register_into
-from mclnf_city.capture.report import ProcessSummary, Reporter, print_summary
+from mclnf_city.capture.progress import ProcessSummary, Reporter, print_summary
 from mclnf_city.capture.sfm import (
     CAMERA_MODELS,
     EXHAUSTIVE_MAX_IMAGES,

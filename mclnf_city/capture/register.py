@@ -38,7 +38,7 @@ import numpy as np
 from mclnf_city.capture.checks import CaptureError, name_list, read_json
 from mclnf_city.capture.images import check_sizes, gather_input
 from mclnf_city.capture.output import camera_intrinsics, opengl_camera_to_world, publish_with_summary, staged, write_sparse_ply
-from mclnf_city.capture.report import ProcessSummary, Reporter, print_summary
+from mclnf_city.capture.progress import ProcessSummary, Reporter, print_summary
 from mclnf_city.capture.sfm import configure_colmap_logging
 from mclnf_city.files import link_or_copy
 

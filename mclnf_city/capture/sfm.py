@@ -11,7 +11,7 @@ import numpy as np
 
 from mclnf_city.capture.checks import CaptureError
 from mclnf_city.capture.frame import city_frame
-from mclnf_city.capture.report import Reporter
+from mclnf_city.capture.progress import Reporter
 
 
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
