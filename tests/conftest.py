@@ -56,7 +56,9 @@ def tiny_capture(tmp_path_factory) -> Path:
 
 def tiny_trainer_config(data: Path, output_dir: Path, steps_per_block: int = 30, **pipeline):
     """The mclnf-city-tiny preset pointed at a capture, shortened for tests."""
-    config = load_tool("city_runs").preset_config("mclnf-city-tiny", data, output_dir, steps_per_block, rays=256, **pipeline)
+    from mclnf_city.trainer import preset_config
+
+    config = preset_config("mclnf-city-tiny", data, output_dir, steps_per_block, rays=256, **pipeline)
     config.pipeline.model.num_coarse_samples = 16
     config.pipeline.model.num_fine_samples = 16
     config.steps_per_save = 10_000

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, load_tool, tiny_trainer_config
+from mclnf_city.trainer import setup_trainer
 
 bench = load_tool("bench_mesh")
 
@@ -22,7 +23,7 @@ bench = load_tool("bench_mesh")
 def trained_config(tiny_capture, tmp_path_factory) -> Path:
     config = tiny_trainer_config(tiny_capture, tmp_path_factory.mktemp("export_runs"), steps_per_block=100)
     config.pipeline.datamanager.train_num_rays_per_batch = 512
-    trainer = load_tool("city_runs").setup_trainer(config)
+    trainer = setup_trainer(config)
     trainer.train()
     return config.get_base_dir() / "config.yml"
 

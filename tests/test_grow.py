@@ -19,8 +19,8 @@ from mclnf_city.capture import CaptureError
 from mclnf_city.grow import GrowError, grow_partition
 from mclnf_city.process import ProcessOptions, process
 from mclnf_city.store import DONE, CityStore
+from mclnf_city.trainer import setup_trainer
 
-setup_trainer = load_tool("city_runs").setup_trainer
 DOOR = ROOT / "tests" / "data" / "lund_door_small"
 DOOR_MORE = ROOT / "tests" / "data" / "lund_door_more"
 STEPS = 8  # per block: the tests check bookkeeping and bits, not quality

@@ -41,8 +41,9 @@ from typing import Dict, List
 
 import torch
 
+from mclnf_city.trainer import preset_config, setup_trainer
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from city_runs import preset_config, setup_trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {  # mclnf-city variants: (prior, FIM on)

@@ -178,7 +178,7 @@ def city(args) -> Dict:
 def city_in(args, work: Path) -> Dict:
     import torch
 
-    from city_runs import preset_config, setup_trainer
+    from mclnf_city.trainer import preset_config, setup_trainer
     from make_city import generate_city
 
     full = generate_city(work / "full", seed=args.seed, progress=False, verbose=False, blocks_x=3, blocks_y=2,

@@ -196,8 +196,7 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.nda
 
 def train_city(capture: Path, out: Path, steps_per_block: int, rays: int, ray_samples: Optional[Tuple[int, int]] = None) -> Path:
     """Train the tiny preset on a capture in-process; returns the run's config.yml."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    from city_runs import preset_config, setup_trainer
+    from mclnf_city.trainer import preset_config, setup_trainer
 
     config = preset_config("mclnf-city-tiny", capture, out, steps_per_block, rays=rays)
     if ray_samples:

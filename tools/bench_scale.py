@@ -8,7 +8,7 @@ One command, one machine, one run (17 minutes on one core of the 2-core CPU mach
 1. City: `tools/make_city.py`, 8 x 8 city blocks, small images and a sparse flight
    (`--image-size`, `--drone-line-spacing`, ...). Reused when `<work>/city` already holds a
    city made with the same options.
-2. Stream: the `mclnf-city-tiny` preset (`tools/city_runs.py`), `--pipeline.grid 8 8`,
+2. Stream: the `mclnf-city-tiny` preset (`mclnf_city.trainer.preset_config`), `--pipeline.grid 8 8`,
    `--steps-per-block` steps per block, trained in this process. While it runs a thread samples
    VmRSS from /proc/self/status; after every block we record RSS, the block cache's size and the
    blocks read from disk. Afterwards: block file sizes, manifest size, the manifest's `seconds`
@@ -50,8 +50,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
+from mclnf_city.trainer import preset_config, setup_trainer
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from city_runs import preset_config, setup_trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1024.0 * 1024.0

@@ -49,8 +49,9 @@ from typing import Dict, List, Optional
 
 import torch
 
+from mclnf_city.trainer import preset_config, setup_trainer
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from city_runs import preset_config, setup_trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("nerfacto", "nerfacto:heap", "mclnf-city", "mclnf-city:reference")

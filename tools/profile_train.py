@@ -10,14 +10,12 @@ ranges). Warm-up steps are excluded.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
 
 
 def main() -> None:
@@ -32,7 +30,7 @@ def main() -> None:
                         help="override a model field, e.g. --set num_coarse_samples 16 (repeatable)")
     args = parser.parse_args()
 
-    from city_runs import preset_config, setup_trainer
+    from mclnf_city.trainer import preset_config, setup_trainer
 
     config = preset_config(args.preset, args.data, Path(tempfile.mkdtemp(prefix="profile_")), steps_per_block=10_000, rays=args.rays)
     config.pipeline.prior = "random"  # the prior does not change the cost of a step
