@@ -19,7 +19,7 @@ the blocks' triangles is exactly the triangle set of one marching cubes over the
 vertices are then welded by the lattice edge they lie on. Memory is bounded by one block.
 
 Frames: outputs are written in the capture's own frame (the one of transforms.json: metres for
-GPS or `tools/make_city.py` captures), undoing nerfstudio's dataparser transform, unless
+GPS or `mclnf-make-city` captures), undoing nerfstudio's dataparser transform, unless
 `--frame nerfstudio` is given (the frame ns-export writes).
 """
 

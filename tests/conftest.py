@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny synthetic captures made by tools/make_city.py, and a trained tiny city."""
+"""Shared fixtures: tiny synthetic captures made by mclnf_city.scenes.make_city, and a trained tiny city."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from mclnf_city.scenes.make_city import generate_city
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -49,9 +51,8 @@ TINY_CITY = dict(blocks_x=2, blocks_y=2, image_width=40, image_height=30)
 @pytest.fixture(scope="session")
 def tiny_capture(tmp_path_factory) -> Path:
     """A 2x2-block synthetic city, small images: the capture most tests train on."""
-    make_city = load_tool("make_city")
     out = tmp_path_factory.mktemp("captures") / "tiny_city"
-    return make_city.generate_city(out, seed=3, progress=False, verbose=False, **TINY_CITY)
+    return generate_city(out, seed=3, progress=False, verbose=False, **TINY_CITY)
 
 
 def tiny_trainer_config(data: Path, output_dir: Path, steps_per_block: int = 30, **pipeline):

@@ -18,6 +18,7 @@ from conftest import ROOT, TINY_CITY, load_tool, tiny_trainer_config
 from mclnf_city.capture import CaptureError
 from mclnf_city.grow import GrowError, grow_partition
 from mclnf_city.process import ProcessOptions, process
+from mclnf_city.scenes.make_city import generate_city
 from mclnf_city.store import DONE, CityStore
 from mclnf_city.trainer import setup_trainer
 
@@ -61,9 +62,8 @@ def captures(tmp_path_factory):
     """A 3x2-block generated city, seen as an old capture (west of SPLIT_X), the same grown by the
     eastern photos (marked capture 1, as --register-into marks them), and a re-capture of the west
     (the western photos again as the newest capture, 2)."""
-    make_city = load_tool("make_city")
     root = tmp_path_factory.mktemp("grow_captures")
-    full = make_city.generate_city(root / "full", seed=5, progress=False, verbose=False, **{**TINY_CITY, "blocks_x": 3})
+    full = generate_city(root / "full", seed=5, progress=False, verbose=False, **{**TINY_CITY, "blocks_x": 3})
     meta = json.loads((full / "transforms.json").read_text())
     frames = meta.pop("frames")
     west = [f for f in frames if f["transform_matrix"][0][3] < SPLIT_X]

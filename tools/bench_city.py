@@ -41,6 +41,8 @@ from typing import Dict, List
 
 import torch
 
+from mclnf_city.scenes.make_city import generate_city
+from mclnf_city.scenes.options import STANDARD_CITY
 from mclnf_city.trainer import preset_config, setup_trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,11 +63,8 @@ SMOKE_NERFACTO = dict(num_proposal_samples_per_ray=(32, 16), num_nerf_samples_pe
 
 
 def smoke_city(out: Path, seed: int) -> Path:
-    """The benchmarks' generated city (`train_prior.CITY`), at smoke size."""
-    from make_city import generate_city
-    from train_prior import CITY
-
-    return generate_city(out, seed=seed, style="downtown", progress=False, verbose=False, **{**CITY, **SMOKE_CITY})
+    """The benchmarks' generated city (`STANDARD_CITY`), at smoke size."""
+    return generate_city(out, seed=seed, style="downtown", progress=False, verbose=False, **{**STANDARD_CITY, **SMOKE_CITY})
 
 
 def psnr(mse: float) -> float:
@@ -404,10 +403,7 @@ def main() -> None:
     if data is None and args.smoke:
         data = smoke_city(work / "city_900", seed=900)
     elif data is None:
-        from make_city import generate_city
-        from train_prior import CITY
-
-        data = generate_city(work / "city_900", seed=900, style="downtown", progress=False, verbose=False, **CITY)
+        data = generate_city(work / "city_900", seed=900, style="downtown", progress=False, verbose=False, **STANDARD_CITY)
 
     generated = "generated city, seed 900" + (" (smoke: 40x30, sparse flight, fewer samples per ray)" if args.smoke else "")
     settings = {"data": str(args.data or generated), "preset": args.preset,

@@ -179,7 +179,7 @@ def city_in(args, work: Path) -> Dict:
     import torch
 
     from mclnf_city.trainer import preset_config, setup_trainer
-    from make_city import generate_city
+    from mclnf_city.scenes.make_city import generate_city
 
     full = generate_city(work / "full", seed=args.seed, progress=False, verbose=False, blocks_x=3, blocks_y=2,
                          image_width=args.width, image_height=args.height, **(SMOKE["cameras"] if args.smoke else {}))

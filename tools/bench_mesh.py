@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Geometry accuracy of `mclnf-export mesh` against a generated city's ground-truth mesh.
 
-Trains the tiny preset on a `tools/make_city.py` capture (or takes a trained run with
+Trains the tiny preset on a `mclnf_city.scenes.make_city` capture (or takes a trained run with
 --load-config), exports the stitched mesh at a given resolution, and measures against
 `<capture>/gt/mesh.ply`, both cropped to the city box (the region the model reconstructs):
 
@@ -246,8 +246,7 @@ def main(argv: Optional[list] = None) -> int:
     capture = args.capture
     if args.load_config is None:
         if capture is None:
-            sys.path.insert(0, str(ROOT / "tools"))
-            from make_city import generate_city
+            from mclnf_city.scenes.make_city import generate_city
 
             flight, sparse = (SPARSE_FLIGHT, "_sparse") if args.smoke else ({}, "")
             capture = work / f"city_seed{args.seed}_{args.image_size[0]}x{args.image_size[1]}{sparse}"

@@ -81,8 +81,7 @@ def main() -> None:
     extra = []
     if args.smoke:
         if args.data is None:
-            sys.path.insert(0, str(ROOT / "tools"))
-            from make_city import generate_city
+            from mclnf_city.scenes.make_city import generate_city
 
             args.data = generate_city(work / "city", seed=3, progress=False, verbose=False, **SMOKE_CITY)
         extra = SMOKE_TRAIN

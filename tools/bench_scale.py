@@ -5,7 +5,7 @@ One command, one machine, one run (17 minutes on one core of the 2-core CPU mach
 
     OMP_NUM_THREADS=1 python tools/bench_scale.py --out docs/bench_scale.json
 
-1. City: `tools/make_city.py`, 8 x 8 city blocks, small images and a sparse flight
+1. City: `mclnf_city.scenes.make_city`, 8 x 8 city blocks, small images and a sparse flight
    (`--image-size`, `--drone-line-spacing`, ...). Reused when `<work>/city` already holds a
    city made with the same options.
 2. Stream: the `mclnf-city-tiny` preset (`mclnf_city.trainer.preset_config`), `--pipeline.grid 8 8`,
@@ -140,14 +140,14 @@ def city_options(args) -> Dict:
 
 
 def make_city(args, out: Path) -> Tuple[Path, float, bool]:
-    """Generate the city with tools/make_city.py, or reuse it when its options match."""
+    """Generate the city with mclnf_city.scenes.make_city, or reuse it when its options match."""
     opts = city_options(args)
     gt = out / "gt" / "city.json"
     if gt.exists():
         made = json.loads(gt.read_text())
         if made["seed"] == args.seed and all(made["options"][k] == v for k, v in opts.items()):
             return out, 0.0, True
-    cmd = [sys.executable, str(ROOT / "tools" / "make_city.py"), "--out", str(out), "--seed", str(args.seed), "--overwrite", "--quiet"]
+    cmd = [sys.executable, "-m", "mclnf_city.scenes.make_city", "--out", str(out), "--seed", str(args.seed), "--overwrite", "--quiet"]
     for k, v in opts.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     start = time.time()
@@ -523,7 +523,7 @@ def main() -> None:
         pass
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
-    g = parser.add_argument_group("city (tools/make_city.py)")
+    g = parser.add_argument_group("city (mclnf_city.scenes.make_city)")
     g.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_scale", help="capture and runs go here (the city is reused)")
     g.add_argument("--blocks", type=int, nargs=2, default=[8, 8], metavar=("NX", "NY"), help="city blocks, also --pipeline.grid")
     g.add_argument("--seed", type=int, default=7, help="city seed")

@@ -7,7 +7,7 @@
     python tools/bench_zoo.py --split validation ...     # for choosing defaults: never the test views
     python tools/bench_zoo.py --smoke                      # seconds: the test suite runs this
 
-Captures: the zoo of `tools/scene_gen.py` (generated into `--work`, `--width`x`--height`,
+Captures: the zoo of `mclnf_city.scenes.zoo` (generated into `--work`, `--width`x`--height`,
 `--frames` frames) and real captures given as NAME=PATH (nerfstudio captures, e.g. made by
 `mclnf-process`). Both methods parse them with nerfstudio-data, every 8th image a test view.
 
@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from mclnf_city.scenes.zoo import ZOO, generate_scene
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,14 +64,12 @@ def validation_capture(capture: Path, out: Path) -> Path:
 
 
 def prepare_captures(args) -> Dict[str, Path]:
-    import scene_gen
-
     captures: Dict[str, Path] = {}
     for name in args.captures:
         target = args.work / f"{name}_{args.width}x{args.height}x{args.frames}"
         if not (target / "transforms.json").exists():
             print(f"generating {name} -> {target}", flush=True)
-            scene_gen.generate_scene(target, name, seed=args.scene_seed, width=args.width, height=args.height, frames=args.frames, overwrite=True)
+            generate_scene(target, name, seed=args.scene_seed, width=args.width, height=args.height, frames=args.frames, overwrite=True)
         captures[name] = target
     for entry in args.real:
         name, _, path = entry.partition("=")
@@ -257,12 +257,10 @@ def renders_picture(runs: List[Dict], out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    import scene_gen
-
     from bench_speed import parse_setting
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--captures", nargs="*", default=None, help=f"zoo captures (default: all of {', '.join(scene_gen.ZOO)})")
+    p.add_argument("--captures", nargs="*", default=None, help=f"zoo captures (default: all of {', '.join(ZOO)})")
     p.add_argument("--real", nargs="*", default=[], metavar="NAME=PATH", help="real (or other) nerfstudio captures")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--budget", type=float, default=600.0, help="training seconds of every method")
@@ -295,10 +293,10 @@ def main(argv=None) -> int:
         args.captures = args.captures or ["orbit_tower"]
         args.width, args.height, args.frames, args.budget, args.calibration_steps = 48, 36, 17, 6.0, 2
     elif args.captures is None:
-        args.captures = list(scene_gen.ZOO)
-    unknown = [c for c in args.captures if c not in scene_gen.ZOO]
+        args.captures = list(ZOO)
+    unknown = [c for c in args.captures if c not in ZOO]
     if unknown:
-        p.error(f"unknown zoo capture(s) {unknown}; the zoo: {', '.join(scene_gen.ZOO)}")
+        p.error(f"unknown zoo capture(s) {unknown}; the zoo: {', '.join(ZOO)}")
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
