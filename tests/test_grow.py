@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_CITY, load_tool, tiny_trainer_config
+from conftest import ROOT, TINY_CITY, tiny_trainer_config
 from mclnf_city.capture import CaptureError
 from mclnf_city.grow import GrowError, grow_partition
+from mclnf_city.pose_accuracy import compare_poses, poses_from_transforms
 from mclnf_city.process import ProcessOptions, process
 from mclnf_city.scenes.make_city import generate_city
 from mclnf_city.store import DONE, CityStore
@@ -350,8 +351,7 @@ def test_register_door_photos_into_the_city_frame(door_city):
         assert np.array_equal(a.image(i).cam_from_world().matrix(), b.image(i).cam_from_world().matrix())
     assert b.num_reg_images() == 12
     # all 12 against the ground truth, after a similarity fit (320 px photos: the bounds of test_process)
-    bench = load_tool("bench_process")
-    acc = bench.compare_poses(bench.poses_from_transforms(grown / "transforms.json"), _ground_truth())
+    acc = compare_poses(poses_from_transforms(grown / "transforms.json"), _ground_truth())
     assert acc["compared"] == 12
     assert acc["max_rotation_deg"] < 3.0 and acc["max_centre_error_fraction"] < 0.08, acc
     # nerfstudio reads it (per-frame intrinsics now)
@@ -399,8 +399,7 @@ def test_registration_when_the_capture_keypoints_differ(door_city, tmp_path, mon
     assert summary.registered == 4 and summary.mapping["kept_capture_points"] is False
     old, new = (json.loads((d / "transforms.json").read_text()) for d in (city, grown))
     assert [f["transform_matrix"] for f in new["frames"][:len(old["frames"])]] == [f["transform_matrix"] for f in old["frames"]]
-    bench = load_tool("bench_process")
-    acc = bench.compare_poses(bench.poses_from_transforms(grown / "transforms.json"), _ground_truth())
+    acc = compare_poses(poses_from_transforms(grown / "transforms.json"), _ground_truth())
     assert acc["max_rotation_deg"] < 3.0 and acc["max_centre_error_fraction"] < 0.08, acc
 
 

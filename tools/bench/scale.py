@@ -3,7 +3,7 @@ measure what grows with the city and what must not; then render time against cit
 
 One command, one machine, one run (17 minutes on one core of the 2-core CPU machine):
 
-    OMP_NUM_THREADS=1 python tools/bench_scale.py --out docs/bench_scale.json
+    OMP_NUM_THREADS=1 python tools/bench/scale.py   # writes tools/bench/results/scale.json
 
 1. City: `mclnf_city.scenes.make_city`, 8 x 8 city blocks, small images and a sparse flight
    (`--image-size`, `--drone-line-spacing`, ...). Reused when `<work>/city` already holds a
@@ -27,7 +27,7 @@ One command, one machine, one run (17 minutes on one core of the 2-core CPU mach
 Writes `--out` (JSON, every number) and prints the tables. Numbers are one run on a shared
 CPU; the point is how they change with the number of blocks, not their absolute size.
 
-    python tools/bench_scale.py --smoke --work /tmp/w --out /tmp/bench_scale.json   # seconds: the test suite runs this
+    python tools/bench/scale.py --smoke --work /tmp/w --out /tmp/bench_scale.json   # seconds: the test suite runs this
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
+from mclnf_city.cache_probe import CacheProbe
 from mclnf_city.trainer import preset_config, setup_trainer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, parse_args, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 MB = 1024.0 * 1024.0
 
 
@@ -88,45 +88,6 @@ class RssSampler(threading.Thread):
 
     def peak(self) -> float:
         return max(r for _, r in self.samples)
-
-
-# ---------------------------------------------------------------------- block cache probe
-class CacheProbe:
-    """Counts what the block cache reads from disk, and how long each read takes.
-
-    Wraps the instances (not the classes): `store.load_block` for reads, `cache.get` for
-    the blocks a render asks for and the cache's size after every request.
-    """
-
-    def __init__(self, model):
-        self.model, self.cache, self.store = model, model.frozen, model.frozen.store
-        self.reset()
-        self._load, self._get = self.store.load_block, self.cache.get
-
-        def load_block(b):
-            self.loads.append(b)
-            return self._load(b)
-
-        def get(b, device):
-            miss = b not in self.cache._blocks
-            start = time.perf_counter()
-            module = self._get(b, device)
-            if miss:  # read, checksum, torch.load, build the field, load its state, freeze
-                self.miss_seconds.append(time.perf_counter() - start)
-            self.requested.add(b)
-            self.max_cached = max(self.max_cached, len(self.cache._blocks))
-            return module
-
-        self.store.load_block, self.cache.get = load_block, get
-
-    def reset(self) -> None:
-        self.loads: List[int] = []
-        self.miss_seconds: List[float] = []
-        self.requested = set()
-        self.max_cached = 0
-
-    def remove(self) -> None:
-        del self.store.load_block, self.cache.get  # back to the class methods
 
 
 # ---------------------------------------------------------------------- city
@@ -551,21 +512,18 @@ def main() -> None:
     g.add_argument("--gpus", type=int, default=64, help="GPUs training blocks in parallel")
     g.add_argument("--pixels-per-image", type=float, default=1.0e6, help="pixels per training image at city scale")
     g.add_argument("--images-per-block", type=float, default=200.0, help="training images per block at city scale")
-    parser.add_argument("--out", type=Path, default=Path("bench_scale.json"), help="JSON written here")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json", help="JSON written here")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds on a 2x2-block city with tiny images and a few steps: checks that the benchmark runs "
                              "(other options still override)")
-    args = parser.parse_args()
-    if args.smoke:
-        # Defaults, so any option given still wins. A sparse flight: few test views to render in the
-        # per-block evaluations and the city report. A cache of 3 of the 4 blocks: the render table
-        # still has its cache-as-large-as-the-city control rows.
-        smoke_dir = Path(tempfile.gettempdir()) / "bench_scale_smoke"
-        parser.set_defaults(work=smoke_dir, out=smoke_dir / "bench_scale.json", blocks=[2, 2], seed=3, image_size=[40, 30],
-                            drone_line_spacing=60.0, drone_step=40.0, street_step=80.0,
-                            steps_per_block=3, rays=64, max_loaded_blocks=3, ray_samples=[8, 8],
-                            render_sizes=[4], render_size=[16, 12], full_steps=3)
-        args = parser.parse_args()
+    # --smoke: a sparse flight, few test views to render in the per-block evaluations and the city
+    # report; a cache of 3 of the 4 blocks, so the render table still has its cache-as-large-as-the-city
+    # control rows.
+    smoke_dir = Path(tempfile.gettempdir()) / "bench_scale_smoke"
+    args = parse_args(parser, work=smoke_dir, out=smoke_dir / "bench_scale.json", blocks=[2, 2], seed=3, image_size=[40, 30],
+                      drone_line_spacing=60.0, drone_step=40.0, street_step=80.0,
+                      steps_per_block=3, rays=64, max_loaded_blocks=3, ray_samples=[8, 8],
+                      render_sizes=[4], render_size=[16, 12], full_steps=3)
     if args.steps_per_block < 3 or 0 < args.full_steps < 3:
         parser.error("--steps-per-block and --full-steps: at least 3 (the first two steps are warm-up, not timed)")
 
@@ -593,8 +551,7 @@ def main() -> None:
         "rss_samples": sampler.samples[:: max(1, int(round(1.0 / args.sample_interval)))],  # about one a second
     }
     result["projection"] = projection(args, stream, full) if full else None  # the projection is for the mclnf-city preset
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print_tables(result)
     print(f"\nwrote {args.out}")
 
