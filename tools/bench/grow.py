@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Dict
 
 import numpy as np
+import torch
 
 from mclnf_city.metrics import image_metrics
 from mclnf_city.pose_accuracy import compare_poses, fit_similarity, pose_error, poses_from_colmap, poses_from_transforms, scene_extent
@@ -111,8 +112,6 @@ def aligned_on(ours, truth, fit_names, test_names) -> Dict:
 
 def render(pipe, cam, solo=None):
     """RGB of one camera rendered as the city's metrics see it (every block), or by block `solo` alone."""
-    import torch
-
     pipe.model.eval()
     pipe.model.solo_block = solo
     try:
@@ -136,8 +135,6 @@ def city(args) -> Dict:
 
 
 def city_in(args, work: Path) -> Dict:
-    import torch
-
     full = generate_city(work / "full", seed=args.seed, progress=False, verbose=False, blocks_x=3, blocks_y=2,
                          image_width=args.width, image_height=args.height, **(SMOKE["cameras"] if args.smoke else {}))
     meta = json.loads((full / "transforms.json").read_text())
