@@ -70,7 +70,7 @@ class CityModelConfig(ModelConfig):
     num_fine_samples: int = 32
     """Importance samples per ray, drawn from the coarse weights (rendered with the coarse ones)."""
     max_loaded_blocks: int = 64
-    """Finished blocks kept in memory at once (least recently used are dropped and re-read). It must hold the blocks one training batch touches, or every step re-reads them from disk (4.8x slower steps at 8 in a 64-block city: tools/bench_scale.py); a block is about 3 MB."""
+    """Finished blocks kept in memory at once (least recently used are dropped and re-read). It must hold the blocks one training batch touches, or every step re-reads them from disk (4.8x slower steps at 8 in a 64-block city: tools/bench/scale.py); a block is about 3 MB."""
     eval_num_rays_per_chunk: int = 4096
     """Rays rendered at once when rendering whole images."""
 

@@ -48,7 +48,7 @@ mclnf_city = MethodSpecification(
             # 1024 rays per step at lr 2e-2: on a CPU, more and smaller steps learn more per
             # second. Demo city, 300 s of training: 4096 rays 18.78 dB, 1024 rays 20.22 dB,
             # 1024 rays at lr 2e-2 21.43 dB (3e-2: 21.27, 4e-2: 20.31), one run each, on the demo city's test views
-            # (docs/benchmarks.md, how the defaults were chosen).
+            # (tools/bench/README.md, how the defaults were chosen).
             datamanager=CityDataManagerConfig(train_num_rays_per_batch=1024),
             # 24 + 24 samples: the same test PSNR as 32 + 32 at equal steps on the demo city
             # (18.41 vs 18.38 dB, 4 x 100 steps) for 1.3x less time per step.
@@ -59,7 +59,7 @@ mclnf_city = MethodSpecification(
         lr=2e-2,
         # Appearance embeddings held at zero (lr 0): on validation views, 150 steps per block,
         # learning them at the field's rate lost 0.51 dB on a generated capture and changed
-        # nothing on lund_door (+0.03 dB when held); docs/benchmarks.md.
+        # nothing on lund_door (+0.03 dB when held); tools/bench/README.md.
         appearance_lr=0.0,
     ),
     description="MCL-NF city: spatial blocks streamed one after another, each frozen when done.",

@@ -1,14 +1,15 @@
-"""Shared fixtures: tiny synthetic captures made by tools/make_city.py, and a trained tiny city."""
+"""Shared fixtures: tiny synthetic captures made by mclnf_city.scenes.make_city, and a trained tiny city."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mclnf_city.scenes.make_city import generate_city
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -34,29 +35,21 @@ def run(args, timeout=600, **kw):
     return proc
 
 
-def load_tool(name: str):
-    """Import a script from tools/ as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 TINY_CITY = dict(blocks_x=2, blocks_y=2, image_width=40, image_height=30)
 
 
 @pytest.fixture(scope="session")
 def tiny_capture(tmp_path_factory) -> Path:
     """A 2x2-block synthetic city, small images: the capture most tests train on."""
-    make_city = load_tool("make_city")
     out = tmp_path_factory.mktemp("captures") / "tiny_city"
-    return make_city.generate_city(out, seed=3, progress=False, verbose=False, **TINY_CITY)
+    return generate_city(out, seed=3, progress=False, verbose=False, **TINY_CITY)
 
 
 def tiny_trainer_config(data: Path, output_dir: Path, steps_per_block: int = 30, **pipeline):
     """The mclnf-city-tiny preset pointed at a capture, shortened for tests."""
-    config = load_tool("city_runs").preset_config("mclnf-city-tiny", data, output_dir, steps_per_block, rays=256, **pipeline)
+    from mclnf_city.trainer import preset_config
+
+    config = preset_config("mclnf-city-tiny", data, output_dir, steps_per_block, rays=256, **pipeline)
     config.pipeline.model.num_coarse_samples = 16
     config.pipeline.model.num_fine_samples = 16
     config.steps_per_save = 10_000

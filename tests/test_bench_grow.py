@@ -13,25 +13,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_tool
+from conftest import ROOT
+from mclnf_city.splits import check_split, choose_test_files, split_lists
 
 
 def test_one_test_set_for_the_grown_capture_and_its_old_part():
-    bench_grow = load_tool("bench_grow")
     grown = [f"images/frame_{i:05d}.png" for i in reversed(range(20))]  # nerfstudio sorts by name: so must the choice
     old = grown[::3]
-    test = bench_grow.choose_test_files(grown)
+    test = choose_test_files(grown)
     assert test == [f"images/frame_{i:05d}.png" for i in (0, 8, 16)]
     for capture in (grown, old):
-        split = bench_grow.split_lists(capture, test)
+        split = split_lists(capture, test)
         assert split["val_filenames"] == split["test_filenames"] == sorted(set(test) & set(capture))
         assert not set(split["train_filenames"]) & set(test)
         assert sorted(split["train_filenames"] + split["test_filenames"]) == sorted(capture)
 
 
 def test_check_split_refuses_a_run_that_trains_on_a_test_view():
-    bench_grow = load_tool("bench_grow")
-
     def dataset(names):
         return SimpleNamespace(_dataparser_outputs=SimpleNamespace(image_filenames=[f"/c/images/{n}" for n in names]))
 
@@ -40,12 +38,12 @@ def test_check_split_refuses_a_run_that_trains_on_a_test_view():
         return SimpleNamespace(datamanager=SimpleNamespace(train_dataset=dataset(train), eval_dataset=dataset(test)))
 
     chosen = ["a.png", "e.png"]
-    record = bench_grow.check_split({"old": run(["b.png"], ["a.png"]), "grown": run(["b.png", "c.png"], chosen)}, chosen)
+    record = check_split({"old": run(["b.png"], ["a.png"]), "grown": run(["b.png", "c.png"], chosen)}, chosen)
     assert record["test_files"] == chosen and record["runs"]["old"] == {"train_files": ["b.png"], "test_files": ["a.png"]}
     with pytest.raises(AssertionError, match="trains on test views"):
-        bench_grow.check_split({"leaky": run(["a.png", "b.png"], ["e.png"])}, chosen)
+        check_split({"leaky": run(["a.png", "b.png"], ["e.png"])}, chosen)
     with pytest.raises(AssertionError, match="not among the chosen test views"):
-        bench_grow.check_split({"other": run(["b.png"], ["a.png", "c.png"])}, chosen)
+        check_split({"other": run(["b.png"], ["a.png", "c.png"])}, chosen)
 
 
 def test_nerfstudio_parses_the_split_lists(tmp_path):
@@ -54,7 +52,6 @@ def test_nerfstudio_parses_the_split_lists(tmp_path):
 
     from mclnf_city.datamanager import CityDataManagerConfig
 
-    bench_grow = load_tool("bench_grow")
     (tmp_path / "images").mkdir()
     frames = []
     for i in range(12):
@@ -64,7 +61,7 @@ def test_nerfstudio_parses_the_split_lists(tmp_path):
         frames.append({"file_path": f"images/frame_{i:05d}.png", "transform_matrix": pose.tolist()})
     capture = [f["file_path"] for f in frames]
     test = ["images/frame_00003.png", "images/frame_00005.png"]  # not what the interval split would pick
-    meta = {"fl_x": 8.0, "fl_y": 8.0, "cx": 4.0, "cy": 3.0, "w": 8, "h": 6, "frames": frames, **bench_grow.split_lists(capture, test)}
+    meta = {"fl_x": 8.0, "fl_y": 8.0, "cx": 4.0, "cy": 3.0, "w": 8, "h": 6, "frames": frames, **split_lists(capture, test)}
     (tmp_path / "transforms.json").write_text(json.dumps(meta))
     config = CityDataManagerConfig().dataparser
     config.data, config.load_3D_points = tmp_path, False
@@ -78,7 +75,7 @@ def test_bench_grow_smoke(tmp_path):
     out = tmp_path / "grow.json"
     # one thread: on tensors this small a second one costs more than it gives (2-3x the wall time on shared cores)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_grow.py"), "city", "--smoke", "--out", str(out),
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / "grow.py"), "city", "--smoke", "--out", str(out),
                            "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -7,17 +7,17 @@ import math
 import subprocess
 import sys
 
-from conftest import ROOT, load_tool
+from conftest import ROOT
+from mclnf_city.splits import validation_capture
 
 
 def test_validation_capture_drops_every_test_image(tmp_path):
-    bench_zoo = load_tool("bench_zoo")
     capture = tmp_path / "c"
     (capture / "images").mkdir(parents=True)
     frames = [{"file_path": f"images/frame_{i:05d}.png", "transform_matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}
               for i in reversed(range(20))]  # nerfstudio sorts by name: so must the split
     (capture / "transforms.json").write_text(json.dumps({"frames": frames}))
-    out = bench_zoo.validation_capture(capture, tmp_path / "v")
+    out = validation_capture(capture, tmp_path / "v")
     kept = {f["file_path"] for f in json.loads((out / "transforms.json").read_text())["frames"]}
     test = {f"images/frame_{i:05d}.png" for i in range(0, 20, 8)}
     assert len(kept) == 17 and not kept & test
@@ -25,7 +25,7 @@ def test_validation_capture_drops_every_test_image(tmp_path):
 
 
 def _bench_zoo(tmp_path, *extra):
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_zoo.py"), "--smoke", "--out", str(tmp_path / "out"),
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / "zoo.py"), "--smoke", "--out", str(tmp_path / "out"),
                            "--work", str(tmp_path / "work"), *extra], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

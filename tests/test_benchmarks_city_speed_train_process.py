@@ -1,4 +1,4 @@
-"""bench_city, bench_speed, bench_train and bench_process run (smoke mode) and write their results."""
+"""tools/bench/city.py, speed.py, train.py and process.py run (smoke mode) and write their results."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from conftest import ROOT
 
 
 def smoke(tool: str, *args: str) -> None:
-    """Run `tools/<tool>.py --smoke ARGS`; fail the test with its output if it fails."""
+    """Run `tools/bench/<tool>.py --smoke ARGS`; fail the test with its output if it fails."""
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / f"{tool}.py"), "--smoke", *args],
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / f"{tool}.py"), "--smoke", *args],
                           capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -27,7 +27,7 @@ def finite(record: dict, *keys: str) -> None:
 
 def test_bench_city_smoke(tmp_path):
     out = tmp_path / "out"
-    smoke("bench_city", "--out-dir", str(out))
+    smoke("city", "--out-dir", str(out))
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["table"]) == {"nerfacto joint", "nerfacto sequential", "mclnf random init", "mclnf meta init",
                                      "mclnf FIM only", "mclnf meta + FIM"}
@@ -50,7 +50,7 @@ def test_bench_city_smoke(tmp_path):
 
 def test_bench_speed_smoke(tmp_path):
     out = tmp_path / "bench_speed.json"
-    smoke("bench_speed", "--out", str(out))
+    smoke("speed", "--out", str(out))
     result = json.loads(out.read_text())
     assert result["smoke"]
     assert set(result["summary"]["equal_steps"]) == {"nerfacto", "mclnf-city"}
@@ -66,7 +66,7 @@ def test_bench_speed_smoke(tmp_path):
 
 def test_bench_train_smoke(tmp_path):
     out = tmp_path / "bench_train.json"
-    smoke("bench_train", "--out", str(out))
+    smoke("train", "--out", str(out))
     result = json.loads(out.read_text())
     assert result["smoke"] and set(result["results"]) == {"nerfacto (torch)", "mclnf-city", "mclnf-city-tiny 16 blocks"}
     for row in result["results"].values():
@@ -76,7 +76,7 @@ def test_bench_train_smoke(tmp_path):
 
 def test_bench_process_smoke(tmp_path):
     out = tmp_path / "bench_process.json"
-    smoke("bench_process", "--out", str(out))
+    smoke("process", "--out", str(out))
     result = json.loads(out.read_text())
     door = result["lund_door"]
     assert door["run"]["images_in"] == 12 and door["run"]["registered"] >= 3

@@ -1,4 +1,4 @@
-"""tools/bench_scale.py, bench_mesh.py and bench_parallel.py run (smoke mode) and write sane results."""
+"""tools/bench/scale.py, mesh.py and parallel.py run (smoke mode) and write sane results."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from conftest import ROOT
 
 def run_smoke(name: str, out: Path, *args: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / f"{name}.py"), "--smoke", "--out", str(out), *args],
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / f"{name}.py"), "--smoke", "--out", str(out), *args],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -25,7 +25,7 @@ def positive(x) -> bool:
 
 
 def test_bench_scale_smoke(tmp_path):
-    result = run_smoke("bench_scale", tmp_path / "out" / "scale.json", "--work", str(tmp_path / "work"))
+    result = run_smoke("scale", tmp_path / "out" / "scale.json", "--work", str(tmp_path / "work"))
     assert {"command", "city", "stream", "render", "full_preset", "rss_samples", "projection"} <= result.keys()
     s = result["stream"]
     assert s["blocks"] == 4 and s["grid"] == [2, 2] and s["train_images"] > 0
@@ -51,7 +51,7 @@ def test_bench_scale_smoke(tmp_path):
 
 
 def test_bench_mesh_smoke(tmp_path):
-    result = run_smoke("bench_mesh", tmp_path / "out" / "mesh.json", "--work-dir", str(tmp_path / "work"))
+    result = run_smoke("mesh", tmp_path / "out" / "mesh.json", "--work-dir", str(tmp_path / "work"))
     assert {"command", "train", "config", "capture", "city_box_metres", "block_width_metres", "runs", "png", "seconds"} <= result.keys()
     assert positive(result["train"]["seconds"]) and positive(result["block_width_metres"])
     assert len(result["runs"]) == 1
@@ -71,7 +71,7 @@ def test_bench_mesh_smoke(tmp_path):
 
 
 def test_bench_parallel_smoke(tmp_path):
-    result = run_smoke("bench_parallel", tmp_path / "out" / "parallel.json", "--work", str(tmp_path / "work"))
+    result = run_smoke("parallel", tmp_path / "out" / "parallel.json", "--work", str(tmp_path / "work"))
     assert {"command", "cpu_count", "runs", "speedup_same_waves", "largest_block_difference"} <= result.keys()
     assert set(result["runs"]) == {"1 process, waves of 1", "1 process, waves of 2", "2 processes"}
     for r in result["runs"].values():

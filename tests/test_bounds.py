@@ -9,19 +9,20 @@ import math
 import pytest
 import torch
 
-from conftest import load_tool
 from mclnf_city.bounds import BoundsError, estimate_bounds, estimate_up
 from mclnf_city.partition import partition_from_bounds
+from mclnf_city.scenes.check_bounds import bounds_figures, parse, visible_points
+from mclnf_city.scenes.make_city import generate_city
+from mclnf_city.scenes.zoo import ZOO, generate_scene
 
 ZOO_SIZE = dict(width=96, height=72, frames=32)
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    """Every capture of the zoo (tools/scene_gen.py), small."""
-    scene_gen = load_tool("scene_gen")
+    """Every capture of the zoo (mclnf_city.scenes.zoo), small."""
     root = tmp_path_factory.mktemp("zoo")
-    return {name: scene_gen.generate_scene(root / name, name, **ZOO_SIZE) for name in scene_gen.ZOO}
+    return {name: generate_scene(root / name, name, **ZOO_SIZE) for name in ZOO}
 
 
 def test_zoo_has_every_kind_of_capture(zoo):
@@ -32,8 +33,7 @@ def test_zoo_has_every_kind_of_capture(zoo):
 
 
 def test_city_box_holds_the_visible_geometry_of_every_zoo_capture(zoo):
-    zoo_bounds = load_tool("zoo_bounds")
-    rows = [zoo_bounds.bounds_figures(c) for c in zoo.values()]
+    rows = [bounds_figures(c) for c in zoo.values()]
     table = "\n".join(f"{r['capture']}: {r['source']}, inside {100 * r['inside']:.2f} %, volume {r['volume_ratio']:.2f}x" for r in rows)
     for r in rows:
         assert r["inside"] >= 0.99, table
@@ -42,15 +42,13 @@ def test_city_box_holds_the_visible_geometry_of_every_zoo_capture(zoo):
 
 def test_city_box_of_a_make_city_capture_with_and_without_its_points(tiny_capture, tmp_path):
     """The project's own generator: sparse points, then the same capture without them (depth probe)."""
-    make_city = load_tool("make_city")
-    zoo_bounds = load_tool("zoo_bounds")
-    capture = make_city.generate_city(tmp_path / "city", seed=5, image_width=96, image_height=72, write_depth=True,
+    capture = generate_city(tmp_path / "city", seed=5, image_width=96, image_height=72, write_depth=True,
                                       progress=False, verbose=False)
-    with_points = zoo_bounds.bounds_figures(capture)
+    with_points = bounds_figures(capture)
     meta = json.loads((capture / "transforms.json").read_text())
     meta.pop("ply_file_path")
     (capture / "transforms.json").write_text(json.dumps(meta))
-    without = zoo_bounds.bounds_figures(capture)
+    without = bounds_figures(capture)
     assert with_points["source"] == "sparse points" and without["source"] == "depth probe"
     for r in (with_points, without):
         assert r["inside"] >= 0.99 and r["volume_ratio"] <= 4.0, r
@@ -67,17 +65,16 @@ def _similarity(seed: int, scale: float):
 def test_city_box_moves_with_the_capture(zoo, scale):
     """Scale, rotate and shift a capture (cameras, points, geometry) without nerfstudio's
     normalisation: the box must still hold the visible geometry."""
-    zoo_bounds = load_tool("zoo_bounds")
     from mclnf_city.depth_probe import triangulate_capture
 
     capture = zoo["oblique_serpentine"]
-    outputs = zoo_bounds.parse(capture)
+    outputs = parse(capture)
     cams = outputs.cameras
     intrinsics = torch.cat([cams.fx, cams.fy, cams.cx, cams.cy], -1)
     sizes = torch.cat([cams.width, cams.height], -1)
     probe = triangulate_capture(cams.camera_to_worlds, intrinsics, sizes, outputs.image_filenames)
     frames = len(json.loads((capture / "transforms.json").read_text())["frames"])
-    gt = torch.from_numpy(zoo_bounds.visible_points(capture, [i for i in range(frames) if i % 8]))
+    gt = torch.from_numpy(visible_points(capture, [i for i in range(frames) if i % 8]))
     T = outputs.dataparser_transform.double()
     gt = outputs.dataparser_scale * (gt @ T[:3, :3].T + T[:3, 3])
     R, s, t = _similarity(int(scale * 100), scale)

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, load_tool, tiny_trainer_config
-
-bench = load_tool("bench_mesh")
+from conftest import ROOT, tiny_trainer_config
+from mclnf_city.mesh_accuracy import compare_meshes, ground_plane, random_mesh, read_mesh, shifted
+from mclnf_city.trainer import setup_trainer
 
 
 @pytest.fixture(scope="module")
 def trained_config(tiny_capture, tmp_path_factory) -> Path:
     config = tiny_trainer_config(tiny_capture, tmp_path_factory.mktemp("export_runs"), steps_per_block=100)
     config.pipeline.datamanager.train_num_rays_per_batch = 512
-    trainer = load_tool("city_runs").setup_trainer(config)
+    trainer = setup_trainer(config)
     trainer.train()
     return config.get_base_dir() / "config.yml"
 
@@ -102,23 +102,23 @@ def test_mesh_matches_ground_truth_and_broken_meshes_do_not(trained_config, tiny
 
     out = tmp_path / "city.ply"
     assert export(["mesh", "--load-config", str(trained_config), "--output", str(out), "--resolution", "1"]) == 0
-    vertices, faces = bench.read_mesh(out)
-    gt_v, gt_f = bench.read_mesh(tiny_capture / "gt" / "mesh.ply")
+    vertices, faces = read_mesh(out)
+    gt_v, gt_f = read_mesh(tiny_capture / "gt" / "mesh.ply")
     box = city.frame.to_output(ex.city_to_world(city.partition, city.partition.city_box().numpy()))
     lo, hi = box.min(0), box.max(0)
     ground = float(gt_v[:, 2].min())
     block_width = float(city.partition.x_edges[1] - city.partition.x_edges[0]) / city.frame.scale
 
     def passes(v, f):
-        m = bench.compare_meshes(v, f, gt_v, gt_f, lo, hi, tau=2.0, n=50_000, above=ground + 1.0)
+        m = compare_meshes(v, f, gt_v, gt_f, lo, hi, tau=2.0, n=50_000, above=ground + 1.0)
         return m["chamfer"] < 3.0 and m["above_ground"]["fscore"] > 0.35, m
 
     ok, metrics = passes(vertices, faces)
     assert ok, metrics
     for name, (v, f) in {
-        "shifted by one block": (bench.shifted(vertices, block_width), faces),
-        "random triangles": bench.random_mesh(lo, hi, len(faces), 1.0),
-        "ground plane only": bench.ground_plane(lo, hi, ground),
+        "shifted by one block": (shifted(vertices, block_width), faces),
+        "random triangles": random_mesh(lo, hi, len(faces), 1.0),
+        "ground plane only": ground_plane(lo, hi, ground),
     }.items():
         broken_ok, m = passes(v, f)
         assert not broken_ok, (name, m)

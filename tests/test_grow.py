@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_CITY, load_tool, tiny_trainer_config
+from conftest import ROOT, TINY_CITY, tiny_trainer_config
 from mclnf_city.capture import CaptureError
 from mclnf_city.grow import GrowError, grow_partition
 from mclnf_city.capture.process import ProcessOptions, process
+from mclnf_city.pose_accuracy import compare_poses, poses_from_transforms
+from mclnf_city.scenes.make_city import generate_city
 from mclnf_city.store import DONE, CityStore
+from mclnf_city.trainer import setup_trainer
 
-setup_trainer = load_tool("city_runs").setup_trainer
 DOOR = ROOT / "tests" / "data" / "lund_door_small"
 DOOR_MORE = ROOT / "tests" / "data" / "lund_door_more"
 STEPS = 8  # per block: the tests check bookkeeping and bits, not quality
@@ -61,9 +63,8 @@ def captures(tmp_path_factory):
     """A 3x2-block generated city, seen as an old capture (west of SPLIT_X), the same grown by the
     eastern photos (marked capture 1, as --register-into marks them), and a re-capture of the west
     (the western photos again as the newest capture, 2)."""
-    make_city = load_tool("make_city")
     root = tmp_path_factory.mktemp("grow_captures")
-    full = make_city.generate_city(root / "full", seed=5, progress=False, verbose=False, **{**TINY_CITY, "blocks_x": 3})
+    full = generate_city(root / "full", seed=5, progress=False, verbose=False, **{**TINY_CITY, "blocks_x": 3})
     meta = json.loads((full / "transforms.json").read_text())
     frames = meta.pop("frames")
     west = [f for f in frames if f["transform_matrix"][0][3] < SPLIT_X]
@@ -350,8 +351,7 @@ def test_register_door_photos_into_the_city_frame(door_city):
         assert np.array_equal(a.image(i).cam_from_world().matrix(), b.image(i).cam_from_world().matrix())
     assert b.num_reg_images() == 12
     # all 12 against the ground truth, after a similarity fit (320 px photos: the bounds of test_process)
-    bench = load_tool("bench_process")
-    acc = bench.compare_poses(bench.poses_from_transforms(grown / "transforms.json"), _ground_truth())
+    acc = compare_poses(poses_from_transforms(grown / "transforms.json"), _ground_truth())
     assert acc["compared"] == 12
     assert acc["max_rotation_deg"] < 3.0 and acc["max_centre_error_fraction"] < 0.08, acc
     # nerfstudio reads it (per-frame intrinsics now)
@@ -399,8 +399,7 @@ def test_registration_when_the_capture_keypoints_differ(door_city, tmp_path, mon
     assert summary.registered == 4 and summary.mapping["kept_capture_points"] is False
     old, new = (json.loads((d / "transforms.json").read_text()) for d in (city, grown))
     assert [f["transform_matrix"] for f in new["frames"][:len(old["frames"])]] == [f["transform_matrix"] for f in old["frames"]]
-    bench = load_tool("bench_process")
-    acc = bench.compare_poses(bench.poses_from_transforms(grown / "transforms.json"), _ground_truth())
+    acc = compare_poses(poses_from_transforms(grown / "transforms.json"), _ground_truth())
     assert acc["max_rotation_deg"] < 3.0 and acc["max_centre_error_fraction"] < 0.08, acc
 
 

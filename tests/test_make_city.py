@@ -1,4 +1,4 @@
-"""Tests for tools/make_city.py (synthetic city capture generator).
+"""Tests for mclnf_city.scenes' city generator (synthetic city captures).
 
 Fast (a few seconds): tiny cities, small images.  The depth check uses an
 independent reference: rays are rebuilt from transforms.json alone and
@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import load_tool
+from mclnf_city.scenes.flight import camera_rays, make_cameras
+from mclnf_city.scenes.layout import build_city
+from mclnf_city.scenes.make_city import generate_city, main
+from mclnf_city.scenes.options import STYLES, CityOptions
+from mclnf_city.scenes.raycast import in_shadow, intersect
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-mc = load_tool("make_city")
 
 SMALL = dict(blocks_x=2, blocks_y=1, image_width=48, image_height=36, drone_line_spacing=30.0,
              drone_step=16.0, street_step=40.0, num_points=600)
@@ -27,7 +28,7 @@ SMALL = dict(blocks_x=2, blocks_y=1, image_width=48, image_height=36, drone_line
 def _gen(out: Path, seed: int = 3, **kw) -> Path:
     opts = dict(SMALL)
     opts.update(kw)
-    return mc.generate_city(out, seed=seed, progress=False, verbose=False, **opts)
+    return generate_city(out, seed=seed, progress=False, verbose=False, **opts)
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +150,8 @@ def test_depth_matches_mesh(capture):
 
 
 def test_intersection_and_shadows_match_bruteforce():
-    city = mc.build_city(7, mc.CityOptions(blocks_x=2, blocks_y=2, style="oldtown", image_width=40, image_height=30))
-    frames = mc.make_cameras(city)
+    city = build_city(7, CityOptions(blocks_x=2, blocks_y=2, style="oldtown", image_width=40, image_height=30))
+    frames = make_cameras(city)
 
     def brute(orig, d):
         d = np.where(np.abs(d) < 1e-12, 1e-12, d)
@@ -160,9 +161,9 @@ def test_intersection_and_shadows_match_bruteforce():
         return np.where((tn <= tf) & (tn > 1e-6), tn, np.inf).min(1)
 
     for f in frames[::9]:
-        d = mc.camera_rays(f.c2w, city.options, 1).reshape(-1, 3)
+        d = camera_rays(f.c2w, city.options, 1).reshape(-1, 3)
         o = f.c2w[:3, 3]
-        hit = mc.intersect(city, o, d.reshape(30, 40, 3))
+        hit = intersect(city, o, d.reshape(30, 40, 3))
         t = hit["t"].reshape(-1)
         tb = brute(np.broadcast_to(o, d.shape), d)
         box = hit["kind"].reshape(-1) == 2
@@ -171,17 +172,17 @@ def test_intersection_and_shadows_match_bruteforce():
         assert np.all(tb[~box] >= t[~box] * (1 - 1e-6))  # nothing nearer was missed
         p = (o + np.where(np.isfinite(t), t, 0)[:, None] * d)[hit["kind"].reshape(-1) == 1] + [0, 0, 1e-4]
         ref = np.isfinite(brute(p, np.broadcast_to(city.sun, p.shape)))
-        assert np.array_equal(mc._in_shadow(city, p), ref)
+        assert np.array_equal(in_shadow(city, p), ref)
 
 
 def test_styles_and_height_overrides():
-    styles = {mc.build_city(seed, mc.CityOptions(blocks_x=1, blocks_y=1, style="random")).style_name
+    styles = {build_city(seed, CityOptions(blocks_x=1, blocks_y=1, style="random")).style_name
               for seed in range(12)}
-    assert len(styles) >= 2 and styles <= set(mc.STYLES)
-    city = mc.build_city(0, mc.CityOptions(blocks_x=2, blocks_y=2, style="suburb", min_height=5, max_height=6))
+    assert len(styles) >= 2 and styles <= set(STYLES)
+    city = build_city(0, CityOptions(blocks_x=2, blocks_y=2, style="suburb", min_height=5, max_height=6))
     assert np.all(city.bmax[:, 2] >= 5 - 1e-9) and np.all(city.bmax[:, 2] <= 6 + 1e-9)
-    a = mc.build_city(1, mc.CityOptions(style="downtown"))
-    b = mc.build_city(1, mc.CityOptions(style="downtown", street_step=7.0, drone_step=3.0))
+    a = build_city(1, CityOptions(style="downtown"))
+    b = build_city(1, CityOptions(style="downtown", street_step=7.0, drone_step=3.0))
     np.testing.assert_array_equal(a.bmin, b.bmin)  # camera options never change the layout
 
 
@@ -228,13 +229,13 @@ def test_loads_with_nerfstudio_dataparser(capture):
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="blocks_x must be an integer >= 1"):
-        mc.generate_city(tmp_path / "x", blocks_x=0, progress=False, verbose=False)
+        generate_city(tmp_path / "x", blocks_x=0, progress=False, verbose=False)
     with pytest.raises(ValueError, match="blocks_y"):
-        mc.CityOptions(blocks_y=-2).validate()
+        CityOptions(blocks_y=-2).validate()
     with pytest.raises(ValueError, match="style"):
-        mc.CityOptions(style="nope").validate()
+        CityOptions(style="nope").validate()
     with pytest.raises(SystemExit) as e:
-        mc.main(["--out", str(tmp_path / "y"), "--blocks-x", "0"])
+        main(["--out", str(tmp_path / "y"), "--blocks-x", "0"])
     assert e.value.code == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FAST, ROOT, load_tool, run
+from conftest import FAST, ROOT, run
 from mclnf_city.capture import CaptureError, check_transforms_json
 from mclnf_city.capture.frame import umeyama
 from mclnf_city.capture.images import extract_video_frames
 from mclnf_city.capture.process import ProcessOptions, build_parser, main, process
 from mclnf_city.capture.sfm import choose_matching
+from mclnf_city.pose_accuracy import compare_poses, poses_from_transforms
 
 DOOR = ROOT / "tests" / "data" / "lund_door_small"
 
@@ -65,8 +66,7 @@ def test_door_photos_register_and_match_ground_truth(door_capture):
     assert summary.images_in == 8
     assert summary.registered >= 6, summary
     assert summary.mean_reprojection_error < 1.5
-    bench = load_tool("bench_process")
-    acc = bench.compare_poses(bench.poses_from_transforms(out / "transforms.json"), _ground_truth())
+    acc = compare_poses(poses_from_transforms(out / "transforms.json"), _ground_truth())
     assert acc["compared"] == summary.registered
     # 320 px images: looser than the benchmark's targets (2 deg, 5 %) at 800 px.
     assert acc["max_rotation_deg"] < 3.0, acc
@@ -323,10 +323,9 @@ def test_video_of_real_photos_registers_and_matches_ground_truth(tmp_path):
     kept = sorted(p.name for p in (out / "images").iterdir())
     assert len(kept) == len(photos) and all(int(n[6:12]) % 2 == 0 for n in kept), kept  # sharp frames only
     assert summary.registered >= 6, summary
-    bench = load_tool("bench_process")
-    ours = bench.poses_from_transforms(out / "transforms.json")
+    ours = poses_from_transforms(out / "transforms.json")
     renamed = {photos[int(Path(n).stem[6:12]) // 2].name: pose for n, pose in ours.items()}
-    acc = bench.compare_poses(renamed, _ground_truth())
+    acc = compare_poses(renamed, _ground_truth())
     assert acc["compared"] == summary.registered
     assert acc["max_rotation_deg"] < 3.0, acc  # same bounds as the photo path at this size
     assert acc["max_centre_error_fraction"] < 0.08, acc

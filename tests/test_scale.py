@@ -2,7 +2,8 @@
 a view reads from disk only the blocks its rays touch, and eviction never changes the image.
 
 A 4 x 4 city of untrained blocks (each its own random init) written straight to a store, so
-no capture and no training is needed; reads are counted with tools/bench_scale.py's probe.
+no capture and no training is needed; reads are counted with the scale benchmark's probe
+(mclnf_city/cache_probe.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_tool
+from mclnf_city.cache_probe import CacheProbe
 from mclnf_city.fields import BlockField, BlockFieldSpec
 from mclnf_city.model import CityModelConfig
 from mclnf_city.partition import BlockPartition
@@ -20,7 +21,6 @@ from mclnf_city.store import CityStore
 SPEC = BlockFieldSpec(num_levels=4, max_res=64, log2_hashmap_size=10, hidden_dim=16, hidden_dim_color=16,
                       appearance_embedding_dim=2, far_field_hidden_dim=8)
 GRID, CACHE, IMAGES = 4, 3, 3  # 16 blocks over [-1, 1]^2, 3 of them in memory at most
-CacheProbe = load_tool("bench_scale").CacheProbe
 
 
 @pytest.fixture(scope="module")

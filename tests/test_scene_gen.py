@@ -1,4 +1,4 @@
-"""Tests for tools/scene_gen.py (the independent procedural generator and its capture zoo).
+"""Tests for mclnf_city.scenes.zoo (the independent procedural generator and its capture zoo).
 
 Fast (well under a minute): every zoo preset is generated once at 96x72 with 32 frames. The
 geometry checks use transforms.json alone (nerfstudio/OpenGL pinhole, pixel centres at +0.5)
@@ -17,18 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_tool
-
-scene_gen = load_tool("scene_gen")
+from mclnf_city.scenes.zoo import FLIGHTS, LAYOUTS, ZOO, build_capture, generate_scene, resolve_options
 
 SMALL = dict(width=96, height=72, frames=32)
-SCRIPT = str(ROOT / "tools" / "scene_gen.py")
 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
-    return {name: scene_gen.generate_scene(root / name, name, **SMALL) for name in scene_gen.ZOO}
+    return {name: generate_scene(root / name, name, **SMALL) for name in ZOO}
 
 
 def _meta(capture: Path):
@@ -53,24 +50,24 @@ def _rays(tf, c2w, col, row):
 
 
 def test_zoo_presets():
-    assert len(scene_gen.ZOO) >= 8
+    assert len(ZOO) >= 8
     for name in ["nadir_grid", "oblique_serpentine", "orbit_tower", "street_walk", "mixed_drone_street",
                  "tiny_scale_rotated", "huge_scale_zdown", "village_points_rotated"]:
-        assert name in scene_gen.ZOO
-    for name, opts in scene_gen.ZOO.items():
+        assert name in ZOO
+    for name, opts in ZOO.items():
         assert opts.name == name and opts.description
-        scene_gen.resolve_options(name)  # every knob valid
-    flights = {o.flight for o in scene_gen.ZOO.values()}
-    layouts = {o.layout for o in scene_gen.ZOO.values()}
-    assert flights == set(scene_gen.FLIGHTS) and layouts == set(scene_gen.LAYOUTS)
-    assert len({o.sky for o in scene_gen.ZOO.values()}) >= 4  # lighting varies across the zoo
+        resolve_options(name)  # every knob valid
+    flights = {o.flight for o in ZOO.values()}
+    layouts = {o.layout for o in ZOO.values()}
+    assert flights == set(FLIGHTS) and layouts == set(LAYOUTS)
+    assert len({o.sky for o in ZOO.values()}) >= 4  # lighting varies across the zoo
 
 
-@pytest.mark.parametrize("name", list(scene_gen.ZOO))
+@pytest.mark.parametrize("name", list(ZOO))
 def test_zoo_capture_loads_in_nerfstudio(zoo, name):
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
-    capture, opts = zoo[name], scene_gen.ZOO[name]
+    capture, opts = zoo[name], ZOO[name]
     tf, c2w = _meta(capture)
     assert tf["camera_model"] == "OPENCV" and (tf["w"], tf["h"]) == (96, 72)
     assert all(tf[k] == 0.0 for k in ("k1", "k2", "p1", "p2"))
@@ -99,9 +96,9 @@ def test_zoo_capture_loads_in_nerfstudio(zoo, name):
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
-    a = scene_gen.generate_scene(tmp_path / "a", "village_points_rotated", seed=5, width=48, height=36, frames=6)
-    b = scene_gen.generate_scene(tmp_path / "b", "village_points_rotated", seed=5, width=48, height=36, frames=6)
-    c = scene_gen.generate_scene(tmp_path / "c", "village_points_rotated", seed=6, width=48, height=36, frames=6)
+    a = generate_scene(tmp_path / "a", "village_points_rotated", seed=5, width=48, height=36, frames=6)
+    b = generate_scene(tmp_path / "b", "village_points_rotated", seed=5, width=48, height=36, frames=6)
+    c = generate_scene(tmp_path / "c", "village_points_rotated", seed=6, width=48, height=36, frames=6)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert len(files) == 6 + 5  # images, transforms, ply, README, two gt files
@@ -125,7 +122,7 @@ def test_visible_points_project_into_their_frames(zoo, name):
     assert np.abs(col - 0.5 - np.round(col - 0.5)).max() < 2e-2 and np.abs(row - 0.5 - np.round(row - 0.5)).max() < 2e-2
 
     # re-cast the pixel rays (built from transforms.json alone) through the generator's scene
-    cap = scene_gen.build_capture(name, 0, **SMALL)
+    cap = build_capture(name, 0, **SMALL)
     sub = slice(0, 200)
     o, d = _rays(tf, c2w[frame[sub]], np.round(col[sub] - 0.5), np.round(row[sub] - 0.5))
     hits = cap.cast_world(o, d)
@@ -144,14 +141,14 @@ def test_global_transform(zoo):
     assert np.all(c2w[:, 2, 1] > 0.5)
 
     # scale 0.01 makes the same scene 100x smaller (same seed, same random rotation, no translation)
-    opts = replace(scene_gen.ZOO["tiny_scale_rotated"], translation=(0.0, 0.0, 0.0))
-    small = scene_gen.build_capture(opts, 3).bbox_world()
-    big = scene_gen.build_capture(replace(opts, scale=1.0), 3).bbox_world()
+    opts = replace(ZOO["tiny_scale_rotated"], translation=(0.0, 0.0, 0.0))
+    small = build_capture(opts, 3).bbox_world()
+    big = build_capture(replace(opts, scale=1.0), 3).bbox_world()
     np.testing.assert_allclose(big, 100 * small, rtol=1e-9, atol=1e-9)
     assert 50 < (big[1] - big[0]).max() < 500
     # scene.json's bbox is the transformed geometry bbox, and the visible points are near it
     scene = json.loads((zoo["huge_scale_zdown"] / "gt" / "scene.json").read_text())
-    bbox = scene_gen.build_capture("huge_scale_zdown", 0, **SMALL).bbox_world()
+    bbox = build_capture("huge_scale_zdown", 0, **SMALL).bbox_world()
     np.testing.assert_allclose([scene["bbox"]["min"], scene["bbox"]["max"]], bbox)
     pts = np.load(zoo["huge_scale_zdown"] / "gt" / "visible_points.npz")["points"]
     assert pts[:, 2].max() <= bbox[1, 2] + 1 and pts[:, 2].min() >= bbox[0, 2] - 1  # z-down: geometry below the ground plane z=5e3
@@ -168,7 +165,7 @@ def test_flight_patterns(zoo):
     pitch = np.degrees(np.arcsin(fwd[:, 2]))
     assert np.all((pitch > -50) & (pitch < -35))
     assert np.allclose(np.abs(fwd[:, :2] @ fwd[0, :2]), np.linalg.norm(fwd[0, :2]) ** 2) and (fwd[:, 0] < 0).any() and (fwd[:, 0] > 0).any()
-    cap = scene_gen.build_capture("orbit_tower", 0, **SMALL)  # every principal ray passes through the focus
+    cap = build_capture("orbit_tower", 0, **SMALL)  # every principal ray passes through the focus
     focus = np.array(cap.site.focus)
     for M, _ in cap.cams:
         v = focus - M[:3, 3]
@@ -186,30 +183,30 @@ def test_images_are_textured(tmp_path):
 
     sift = cv2.SIFT_create()
     for name in ("street_walk", "orbit_tower", "oblique_serpentine"):
-        out = scene_gen.generate_scene(tmp_path / name, name, frames=8)  # the default 160x120
+        out = generate_scene(tmp_path / name, name, frames=8)  # the default 160x120
         counts = [len(sift.detect(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE))) for p in sorted((out / "images").glob("*.png"))]
         assert np.median(counts) >= 50, (name, counts)
 
 
 def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'nope'.*nadir_grid"):
-        scene_gen.generate_scene(tmp_path / "x", "nope")
+        generate_scene(tmp_path / "x", "nope")
     with pytest.raises(ValueError, match="layout 'moon'"):
-        scene_gen.generate_scene(tmp_path / "x", replace(scene_gen.ZOO["nadir_grid"], layout="moon"))
+        generate_scene(tmp_path / "x", replace(ZOO["nadir_grid"], layout="moon"))
     assert not (tmp_path / "x").exists()
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
-        scene_gen.generate_scene(out, "nadir_grid", width=16, height=12, frames=2)
-    scene_gen.generate_scene(out, "nadir_grid", width=16, height=12, frames=2, overwrite=True)
+        generate_scene(out, "nadir_grid", width=16, height=12, frames=2)
+    generate_scene(out, "nadir_grid", width=16, height=12, frames=2, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine" and len(list((out / "images").iterdir())) == 2
 
 
 def test_cli(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, SCRIPT, *a], capture_output=True, text=True, timeout=120)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mclnf_city.scenes.zoo", *a], capture_output=True, text=True, timeout=120)  # noqa: E731
     p = run("--list")
-    assert p.returncode == 0 and all(name in p.stdout for name in scene_gen.ZOO)
+    assert p.returncode == 0 and all(name in p.stdout for name in ZOO)
     assert run("--help").returncode == 0
     p = run("--preset", "nope", "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and "unknown preset 'nope'" in p.stderr

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_tool, tiny_trainer_config
+from conftest import tiny_trainer_config
 from mclnf_city.prior import initial_prior
 from mclnf_city.store import DONE, CityStore, StoreError
-
-setup_trainer = load_tool("city_runs").setup_trainer
+from mclnf_city.trainer import setup_trainer
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_tool, tiny_trainer_config
+from conftest import tiny_trainer_config
 from mclnf_city.store import ACTIVE, DONE, EMPTY, WAITING
+from mclnf_city.trainer import setup_trainer
 from mclnf_city.viewer import BOX_PATH, CityViewer, box_corners_viewer, box_outline, progress_markdown, status_colour
 from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
-
-setup_trainer = load_tool("city_runs").setup_trainer
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Meta-train the bundled θ_shared on many generated cities and write it to mclnf_city/priors (linked from assets/priors).
 
-Every block of every generated city is a task. Cities come from tools/make_city.py with
+Every block of every generated city is a task. Cities come from mclnf_city.scenes.make_city with
 seeds `--first-seed ...` in turn over the three styles; none of them is the demo city
 (seed 0) or a benchmark city (seeds >= 900), so those stay unseen. The prior is written
 as ``mclnf_city/priors/<architecture>.pt`` (the name `--pipeline.prior bundled` looks for),
@@ -22,13 +22,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from city_runs import preset_config, setup_trainer  # noqa: E402
+from mclnf_city.scenes.make_city import generate_city
+from mclnf_city.scenes.options import STANDARD_CITY
+from mclnf_city.trainer import preset_config, setup_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ("downtown", "oldtown", "suburb")
-CITY = dict(blocks_x=2, blocks_y=2, block_size=40.0, street_width=12.0, image_width=96, image_height=72,
-            drone_line_spacing=24.0, drone_step=14.0, street_step=30.0)
 
 
 def main() -> None:
@@ -49,8 +48,6 @@ def main() -> None:
     if args.first_seed <= 0 < args.first_seed + args.cities or args.first_seed + args.cities > 900:
         parser.error("seeds must avoid 0 (the demo city) and >= 900 (benchmark cities)")
 
-    from make_city import generate_city
-
     from mclnf_city.pipeline import bundled_prior_path, learn_prior
     from mclnf_city.files import atomic_write_bytes
     from mclnf_city.store import sha256, tensor_bytes
@@ -62,7 +59,7 @@ def main() -> None:
         seed, style = args.first_seed + i, STYLES[i % len(STYLES)]
         capture = work / f"city_{seed}"
         if not (capture / "transforms.json").exists():
-            generate_city(capture, seed=seed, style=style, progress=False, verbose=False, **CITY)
+            generate_city(capture, seed=seed, style=style, progress=False, verbose=False, **STANDARD_CITY)
         config = preset_config(args.preset, capture, work / "runs", rays=args.rays, prior="random", prior_seed=0)
         config.pipeline.store_dir = work / "runs" / f"store_{seed}"
         pipeline = setup_trainer(config).pipeline
@@ -91,7 +88,7 @@ def main() -> None:
         "architecture": {k: getattr(spec, k) for k in spec.__dataclass_fields__},
         "command": "python tools/train_prior.py " + " ".join(sys.argv[1:]),
         "cities": cities,
-        "city_parameters": CITY,
+        "city_parameters": STANDARD_CITY,
         "start": "default init, seed 0",
         "meta_learning": {k: getattr(cfg, k) for k in ("algorithm", "meta_steps", "inner_steps", "inner_lr", "outer_lr",
                                                         "tasks_per_batch", "seed")},

@@ -8,7 +8,7 @@
 Every subcommand loads the run with nerfstudio's `eval_setup` (finished blocks come from the
 city store, `<run>/city`) and renders through the model's own routing and volume rendering.
 Frames: outputs are written in the capture's own frame (the one of transforms.json: metres for
-GPS or generated captures), undoing nerfstudio's dataparser transform, unless
+GPS or `mclnf-make-city` captures), undoing nerfstudio's dataparser transform, unless
 `--frame nerfstudio` is given (the frame ns-export writes).
 """
 

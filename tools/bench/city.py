@@ -2,7 +2,7 @@
 
 One command, one machine, one run:
 
-    python tools/bench_city.py --out-dir docs/bench_city
+    python tools/bench/city.py   # writes tools/bench/results/city/
 
 Methods (each trains the capture's blocks in stream order, `--steps-per-block` steps each,
 `--rays` rays per step, every block's rays drawn by the same seeded sampler):
@@ -23,13 +23,12 @@ Writes ``summary.json`` (every number) and PNG plots: adaptation curves, per-blo
 after a block finished vs at the end of the stream (forgetting), wall time per method.
 The default capture is a generated city with a seed no prior was trained on (900).
 
-    python tools/bench_city.py --smoke --out-dir /tmp/bench_city_smoke   # seconds: the test suite runs this
+    python tools/bench/city.py --smoke --out-dir /tmp/bench_city_smoke   # seconds: the test suite runs this
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shlex
 import statistics
@@ -41,30 +40,18 @@ from typing import Dict, List
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from city_runs import preset_config, setup_trainer  # noqa: E402
+from mclnf_city.scenes.make_city import generate_city
+from mclnf_city.scenes.options import STANDARD_CITY
+from mclnf_city.trainer import preset_config, setup_trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import RESULTS, SMOKE_MCLNF_SAMPLES, SMOKE_NERFACTO, nerfacto_model, nerfacto_step, parse_args, smoke_city
+
 VARIANTS = {  # mclnf-city variants: (prior, FIM on)
     "mclnf random init": ("random", False),
     "mclnf meta init": ("bundled", False),
     "mclnf FIM only": ("random", True),
     "mclnf meta + FIM": ("bundled", True),
 }
-# --smoke: rendering the test views (nerfacto's above all) is most of a smoke run, so the same city at
-# 40x30 from a sparse drone flight (15 images instead of 119: 2 test views) and fewer samples per ray:
-# mclnf-city's coarse and fine, nerfacto's two proposal passes and its final one.
-SMOKE_CITY = dict(image_width=40, image_height=30, drone_line_spacing=60.0, drone_step=40.0, street_paths="none")
-SMOKE_MCLNF_SAMPLES = (8, 8)
-SMOKE_NERFACTO = dict(num_proposal_samples_per_ray=(32, 16), num_nerf_samples_per_ray=16)
-
-
-def smoke_city(out: Path, seed: int) -> Path:
-    """The benchmarks' generated city (`train_prior.CITY`), at smoke size."""
-    from make_city import generate_city
-    from train_prior import CITY
-
-    return generate_city(out, seed=seed, style="downtown", progress=False, verbose=False, **{**CITY, **SMOKE_CITY})
 
 
 def psnr(mse: float) -> float:
@@ -103,33 +90,10 @@ def run_mclnf(args, data: Path, work: Path, name: str, prior: str, fisher: bool,
         if e["at_finish"]
     }
     return {"method": name, "seed": seed, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "test_psnr": report["mean"]["psnr"],
-            "test_ssim": report["mean"]["ssim"], "blocks": blocks, "stream": pipeline.stream}
+            "test_ssim": report["mean"]["ssim"], "blocks": blocks, "stream": list(pipeline.stream)}
 
 
 # ---------------------------------------------------------------------- nerfacto
-def nerfacto_model(pipeline, seed: int, **sizes):
-    """nerfacto (torch, camera optimiser off) for the pipeline's data; `sizes` override fields of its
-    model config (smoke runs)."""
-    from ns_train_offline import _patch_lpips
-
-    from nerfstudio.configs.method_configs import method_configs
-
-    _patch_lpips()
-    config = copy.deepcopy(method_configs["nerfacto"].pipeline.model)
-    config.implementation = "torch"
-    config.camera_optimizer.mode = "off"
-    for key, value in sizes.items():
-        if not hasattr(config, key):
-            raise AttributeError(f"nerfacto's model config has no field {key!r}")
-        setattr(config, key, value)
-    dataset = pipeline.datamanager.train_dataset
-    torch.manual_seed(seed)
-    model = config.setup(scene_box=dataset.scene_box, num_train_data=len(dataset), metadata=dataset.metadata, device="cpu")
-    groups = model.get_param_groups()
-    optimizer = torch.optim.Adam([p for ps in groups.values() for p in ps], lr=1e-2, eps=1e-15)
-    return model, optimizer
-
-
 @torch.no_grad()
 def nerfacto_block_psnr(model, pipeline, views_by_block: Dict[int, List[int]], blocks: List[int]) -> Dict[int, float]:
     model.eval()
@@ -149,31 +113,21 @@ def nerfacto_block_psnr(model, pipeline, views_by_block: Dict[int, List[int]], b
 
 def run_nerfacto(args, pipeline, sequential: bool, seed: int) -> Dict:
     """nerfacto trained jointly (rays from every pixel) or block by block in stream order."""
-    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes
 
     model, optimizer = nerfacto_model(pipeline, seed, **(SMOKE_NERFACTO if args.smoke else {}))
     callbacks = model.get_training_callbacks(TrainingCallbackAttributes(optimizers=None, grad_scaler=None, pipeline=pipeline, trainer=None))
     dm = pipeline.datamanager
     saved_seed = dm.train_pixel_sampler.seed
     dm.train_pixel_sampler.seed = seed
-    views = pipeline.test_views_by_block()
+    views = pipeline.report.test_views_by_block()
     total = len(pipeline.stream) * args.steps_per_block
     at_finish, started, cpu = {}, time.time(), time.process_time()
     model.train()
     for step in range(total):
         block = pipeline.stream[step // args.steps_per_block]
         dm.active_block = block if sequential else None
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-        ray_bundle, batch = dm.next_train(step)
-        outputs = model(ray_bundle)
-        metrics = model.get_metrics_dict(outputs, batch)
-        loss = sum(model.get_loss_dict(outputs, batch, metrics).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+        nerfacto_step(model, optimizer, callbacks, dm, step)
         if (step + 1) % args.steps_per_block == 0:
             if sequential:  # the block that just finished, as it is now
                 at_finish.update(nerfacto_block_psnr(model, pipeline, views, [block]))
@@ -186,7 +140,7 @@ def run_nerfacto(args, pipeline, sequential: bool, seed: int) -> Dict:
     blocks = {str(b): {"psnr_at_finish": at_finish.get(b), "psnr_at_end": at_end.get(b)} for b in at_end}
     name = "nerfacto sequential" if sequential else "nerfacto joint"
     return {"method": name, "seed": seed, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "test_psnr": per_view,
-            "blocks": blocks, "stream": pipeline.stream}
+            "blocks": blocks, "stream": list(pipeline.stream)}
 
 
 # ---------------------------------------------------------------------- adaptation
@@ -224,7 +178,7 @@ def adapt_psnr(model, rays, colors, chunk: int = 4096) -> float:
 
 
 def adaptation_curves(args, pipeline) -> Dict:
-    from mclnf_city.pipeline import initial_prior
+    from mclnf_city.prior import initial_prior
 
     model, dm = pipeline.model, pipeline.datamanager
     block = pipeline.stream[0]
@@ -383,16 +337,11 @@ def main() -> None:
                         help="run only these parts, merging into an existing summary.json of the same settings")
     parser.add_argument("--merge", nargs="*", type=Path, default=None,
                         help="only merge these summary.json files (parts run in parallel) into --out-dir, and plot")
-    parser.add_argument("--out-dir", type=Path, default=Path("bench_city"))
+    parser.add_argument("--out-dir", type=Path, default=RESULTS / "city")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds on a sparse 40x30 city, one step per block, one seed: checks that the benchmark runs "
                              "(other options still override)")
-    args = parser.parse_args()
-    if args.smoke:
-        # Defaults, so any option given still wins; never docs/ unless asked for.
-        parser.set_defaults(steps_per_block=1, rays=64, seeds=1, adapt_steps=2,
-                            out_dir=Path(tempfile.gettempdir()) / "bench_city_smoke")
-        args = parser.parse_args()
+    args = parse_args(parser, steps_per_block=1, rays=64, seeds=1, adapt_steps=2, out_dir=Path(tempfile.gettempdir()) / "bench_city_smoke")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.merge:
         merge(args.merge, args.out_dir)
@@ -403,10 +352,7 @@ def main() -> None:
     if data is None and args.smoke:
         data = smoke_city(work / "city_900", seed=900)
     elif data is None:
-        from make_city import generate_city
-        from train_prior import CITY
-
-        data = generate_city(work / "city_900", seed=900, style="downtown", progress=False, verbose=False, **CITY)
+        data = generate_city(work / "city_900", seed=900, style="downtown", progress=False, verbose=False, **STANDARD_CITY)
 
     generated = "generated city, seed 900" + (" (smoke: 40x30, sparse flight, fewer samples per ray)" if args.smoke else "")
     settings = {"data": str(args.data or generated), "preset": args.preset,
@@ -417,7 +363,7 @@ def main() -> None:
         summary = json.loads(out_json.read_text())
         if any(summary.get(k) != v for k, v in settings.items()):
             parser.error(f"{out_json} holds a benchmark of other settings: use another --out-dir")
-    summary["commands"].append("python tools/bench_city.py " + shlex.join(sys.argv[1:]))
+    summary["commands"].append("python tools/bench/city.py " + shlex.join(sys.argv[1:]))
 
     def save():
         if summary["runs"]:

@@ -2,7 +2,7 @@
 
 door (real photos, ground truth): a city capture is made from lund_door's DSC_0001-0008
 (`mclnf-process`), DSC_0009-0012 are registered into it (`--register-into`); all twelve poses
-are compared with the ground-truth model after a similarity fit (as tools/bench_process.py does),
+are compared with the ground-truth model after a similarity fit (as tools/bench/process.py does),
 and the capture's own eight are checked to be unchanged.
 
 city (generated, 3x2 blocks): the cameras west of a street are the old capture, the whole city is
@@ -22,10 +22,10 @@ scored on the same images; the script checks both and records the lists under "s
 fewer cameras of 40x30, a few steps per block, fewer rays and samples; seconds, run by the test
 suite to check that the benchmark's code paths still run, not to measure anything.
 
-    python tools/bench_grow.py door --out docs/bench_grow_door.json
-    python tools/bench_grow.py city --steps-per-block 200 --out docs/bench_grow_city.json
-    python tools/bench_grow.py city --steps-per-block 200 --from-scratch --out docs/bench_grow_scratch.json
-    python tools/bench_grow.py city --smoke --out /tmp/bench_grow_smoke.json
+    python tools/bench/grow.py door --out tools/bench/results/grow_door.json
+    python tools/bench/grow.py city --steps-per-block 200 --out tools/bench/results/grow_city.json
+    python tools/bench/grow.py city --steps-per-block 200 --from-scratch --out tools/bench/results/grow_scratch.json
+    python tools/bench/grow.py city --smoke --out /tmp/bench_grow_smoke.json
 """
 
 from __future__ import annotations
@@ -39,24 +39,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict
 
 import numpy as np
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
+from mclnf_city.metrics import image_metrics
+from mclnf_city.pose_accuracy import compare_poses, fit_similarity, pose_error, poses_from_colmap, poses_from_transforms, scene_extent
+from mclnf_city.capture.process import ProcessOptions, process
+from mclnf_city.scenes.make_city import generate_city
+from mclnf_city.splits import check_split, choose_test_files, image_names, split_lists
+from mclnf_city.trainer import preset_config, setup_trainer
 
-TEST_EVERY = 8  # as the data manager's own interval split, so the grown run tests what ns-train would
+from common import default_data_dir, write_json
+
 # fewer cameras too (32 drone photos instead of 201): rendering the test views is most of a smoke run
 SMOKE = dict(width=40, height=30, steps_per_block=2, rays=128, samples=8, cameras=dict(drone_step=30.0, drone_line_spacing=45.0, street_paths="none"))
 
 
 def door(args) -> Dict:
-    from bench_process import compare_poses, default_data_dir, poses_from_colmap, poses_from_transforms
-
-    from mclnf_city.capture.process import ProcessOptions, process
-
     data = (args.data or default_data_dir()) / "lund_door"
     work = Path(tempfile.mkdtemp(prefix="bench_grow_door_"))
     try:
@@ -103,56 +104,14 @@ def door(args) -> Dict:
 
 def aligned_on(ours, truth, fit_names, test_names) -> Dict:
     """Errors of `test_names` after a similarity fitted on `fit_names` only (centres, Umeyama)."""
-    from mclnf_city.capture.frame import umeyama
-
-    scale, rot, t = umeyama(np.array([ours[n][1] for n in fit_names]), np.array([truth[n][1] for n in fit_names]))
-    all_gt = np.array([c for _, c in truth.values()])
-    extent = float(max(np.linalg.norm(a - b) for a in all_gt for b in all_gt))
-    out = {}
-    for n in test_names:
-        rel = truth[n][0].T @ (rot @ ours[n][0])
-        angle = float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1.0, 1.0))))
-        out[n] = {"rotation_deg": angle, "centre_error_fraction": float(np.linalg.norm(scale * rot @ ours[n][1] + t - truth[n][1]) / extent)}
+    similarity, extent = fit_similarity(ours, truth, fit_names), scene_extent(truth)
+    out = {n: pose_error(ours[n], truth[n], similarity, extent) for n in test_names}
     return {"max_rotation_deg": max(v["rotation_deg"] for v in out.values()),
             "max_centre_error_fraction": max(v["centre_error_fraction"] for v in out.values()), "per_image": out}
 
 
-def choose_test_files(file_paths: Sequence[str], every: int = TEST_EVERY) -> List[str]:
-    """Every `every`-th frame by file name: what nerfstudio's interval split picks (it sorts frames by name)."""
-    return sorted(file_paths)[::every]
-
-
-def split_lists(file_paths: Sequence[str], test_files: Sequence[str]) -> Dict[str, List[str]]:
-    """transforms.json split lists for a capture holding `file_paths`: the test files among them are its
-    val and test split (ns-train evaluates on val, ns-eval on test), all other frames train."""
-    test = set(test_files)
-    held = sorted(p for p in file_paths if p in test)
-    return {"train_filenames": sorted(p for p in file_paths if p not in test), "val_filenames": held, "test_filenames": held}
-
-
-def image_names(dataset) -> List[str]:
-    return [Path(n).name for n in dataset._dataparser_outputs.image_filenames]
-
-
-def check_split(runs: Dict, test_files: Sequence[str]) -> Dict:
-    """The train and test images of each run (name -> pipeline) as its data manager loaded them; fails if
-    a run trains on a test view or tests on an image that is not one."""
-    test = set(test_files)
-    record = {"every": TEST_EVERY, "test_files": sorted(test), "runs": {}}
-    for name, pipe in runs.items():
-        train, evals = image_names(pipe.datamanager.train_dataset), image_names(pipe.datamanager.eval_dataset)
-        leaked = sorted(test.intersection(train))
-        assert not leaked, f"{name} trains on test views {leaked}"
-        strays = sorted(set(evals) - test)
-        assert not strays, f"{name} tests on {strays}, which are not among the chosen test views"
-        record["runs"][name] = {"train_files": train, "test_files": evals}
-    return record
-
-
 def render(pipe, cam, solo=None):
     """RGB of one camera rendered as the city's metrics see it (every block), or by block `solo` alone."""
-    import torch
-
     pipe.model.eval()
     pipe.model.solo_block = solo
     try:
@@ -176,11 +135,6 @@ def city(args) -> Dict:
 
 
 def city_in(args, work: Path) -> Dict:
-    import torch
-
-    from city_runs import preset_config, setup_trainer
-    from make_city import generate_city
-
     full = generate_city(work / "full", seed=args.seed, progress=False, verbose=False, blocks_x=3, blocks_y=2,
                          image_width=args.width, image_height=args.height, **(SMOKE["cameras"] if args.smoke else {}))
     meta = json.loads((full / "transforms.json").read_text())
@@ -233,7 +187,7 @@ def city_in(args, work: Path) -> Dict:
         raise KeyError(name)
 
     eval_names = image_names(old_pipe.datamanager.eval_dataset)
-    groups = {b: [eval_names[i] for i in v] for b, v in old_pipe.test_views_by_block().items()}
+    groups = {b: [eval_names[i] for i in v] for b, v in old_pipe.report.test_views_by_block().items()}
     solo_before = {(b, n): render(old_pipe, camera(old_pipe, n), b) for b in old_pipe.store.done_blocks() for n in groups.get(b, [])}
 
     grown_trainer, grown_seconds = train(grown, grow_city=old_store)
@@ -279,8 +233,6 @@ def city_in(args, work: Path) -> Dict:
 def test_view_psnr(models, pipe, new_names, test_files):
     """PSNR of every test view of `pipe`'s capture for each of `models` (name -> pipeline); they must be
     exactly `test_files`, so that every run compared is scored on the same images."""
-    from mclnf_city.metrics import image_metrics
-
     ds = pipe.datamanager.eval_dataset
     names = image_names(ds)
     assert sorted(names) == sorted(test_files), f"scored on {sorted(set(names) ^ set(test_files))} against the chosen test views"
@@ -335,8 +287,7 @@ def main() -> None:
             parser.error("--smoke covers the city benchmark only (door needs tens of seconds of SfM on real photos)")
         args.width, args.height, args.steps_per_block, args.rays = (SMOKE[k] for k in ("width", "height", "steps_per_block", "rays"))
     result = door(args) if args.part == "door" else city(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

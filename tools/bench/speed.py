@@ -1,10 +1,10 @@
 """CPU speed and quality: nerfacto (torch) vs mclnf-city on the same capture, same machine, same run.
 
-    python tools/bench_speed.py --out docs/bench_speed.json
-    python tools/bench_speed.py --methods nerfacto nerfacto@1024 mclnf-city --repeats 3
-    python tools/bench_speed.py --steps 0 --budget 300 --methods mclnf-city@4096 \
+    python tools/bench/speed.py                            # writes tools/bench/results/speed.json
+    python tools/bench/speed.py --methods nerfacto nerfacto@1024 mclnf-city --repeats 3
+    python tools/bench/speed.py --steps 0 --budget 300 --methods mclnf-city@4096 \
         --mclnf-set optimizers.fields.optimizer.lr=0.01       # one point of a preset sweep
-    python tools/bench_speed.py --smoke --out /tmp/bench_speed_smoke/bench_speed.json   # seconds: the test suite runs this
+    python tools/bench/speed.py --smoke --out /tmp/bench_speed_smoke/bench_speed.json   # seconds: the test suite runs this
 
 Two phases, every method in its own process, one at a time (so peak RSS is its own):
 
@@ -35,12 +35,9 @@ it (glibc's default allocator); mclnf-city tells glibc to keep freed memory
 from __future__ import annotations
 
 import argparse
-import ast
-import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,10 +46,11 @@ from typing import Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from city_runs import preset_config, setup_trainer  # noqa: E402
+from mclnf_city.trainer import preset_config, setup_trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import (ROOT, RESULTS, SMOKE_MCLNF_SAMPLES, SMOKE_NERFACTO, evaluate, nerfacto_model, nerfacto_step, parse_args,
+                    parse_setting, run_logged, smoke_city, train_mclnf, write_json)
+
 METHODS = ("nerfacto", "nerfacto:heap", "mclnf-city", "mclnf-city:reference")
 
 
@@ -70,38 +68,8 @@ def window_rates(step_seconds: List[float], rays: int, window: int, skip: set) -
     return rates
 
 
-@torch.no_grad()
-def evaluate(model, dataset, render_dir: Optional[Path] = None) -> Dict[str, float]:
-    """Test PSNR / SSIM over every test view, and rendering rays/s; with `render_dir`, the renders
-    (view_000.png, ...) and the photos (view_000_gt.png, ...) are saved there."""
-    from PIL import Image
-
-    from mclnf_city.metrics import image_metrics
-
-    model.eval()
-    per_view, pixels, seconds = [], 0, 0.0
-    for i in range(len(dataset)):
-        camera = dataset.cameras[i : i + 1]
-        start = time.perf_counter()
-        with model.for_evaluation() if hasattr(model, "for_evaluation") else contextlib.nullcontext():  # no normals
-            rgb = model.get_outputs_for_camera(camera)["rgb"]
-        seconds += time.perf_counter() - start
-        pixels += rgb.shape[0] * rgb.shape[1]
-        gt = dataset[i]["image"][..., :3]
-        per_view.append(image_metrics(rgb.clamp(0, 1), gt))
-        if render_dir is not None:
-            Path(render_dir).mkdir(parents=True, exist_ok=True)
-            for image, suffix in ((rgb, ""), (gt, "_gt")):
-                Image.fromarray((image.clamp(0, 1) * 255).round().byte().cpu().numpy()).save(Path(render_dir) / f"view_{i:03d}{suffix}.png")
-        print(f"evaluation: view {i + 1}/{len(dataset)}, {pixels / seconds:,.0f} rays/s", flush=True)
-    model.train()
-    return {"test_psnr": statistics.mean(m["psnr"] for m in per_view), "test_ssim": statistics.mean(m["ssim"] for m in per_view),
-            "eval_rays_per_s": pixels / seconds}
-
-
 def worker_nerfacto(args, work: Path) -> Dict:
-    from bench_city import SMOKE_NERFACTO, nerfacto_model
-    from nerfstudio.engine.callbacks import TrainingCallbackAttributes, TrainingCallbackLocation
+    from nerfstudio.engine.callbacks import TrainingCallbackAttributes
 
     # The mclnf-city pipeline only lends its data manager: same pixels, same sampler.
     from nerfstudio.configs.method_configs import method_configs
@@ -117,17 +85,7 @@ def worker_nerfacto(args, work: Path) -> Dict:
     model.train()
     while len(steps) < args.steps if args.steps else time.perf_counter() - started < args.budget:
         t = time.perf_counter()
-        step = len(steps)
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.BEFORE_TRAIN_ITERATION)
-        ray_bundle, batch = dm.next_train(step)
-        outputs = model(ray_bundle)
-        loss = sum(model.get_loss_dict(outputs, batch, model.get_metrics_dict(outputs, batch)).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        for cb in callbacks:
-            cb.run_callback_at_location(step, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+        nerfacto_step(model, optimizer, callbacks, dm, len(steps))
         steps.append(time.perf_counter() - t)
         if len(steps) % 10 == 0:
             print(f"nerfacto: step {len(steps)}, {time.perf_counter() - started:.0f} s", flush=True)
@@ -136,64 +94,12 @@ def worker_nerfacto(args, work: Path) -> Dict:
             **evaluate(model, dm.eval_dataset)}
 
 
-def worker_mclnf(args, work: Path, min_steps_per_block: int = 1) -> Dict:
-    def timed_trainer(steps_per_block: int, out: Path):
-        config = preset_config("mclnf-city", args.data, out, steps_per_block, args.rays or None)
-        for path, value in args.mclnf_set:
-            set_config(config, path, value)
-        trainer = setup_trainer(config)
-        trainer.step_seconds = []
-        iteration = trainer.train_iteration
-
-        def train_iteration(step):  # nerfstudio's loop calls this once per step
-            t = time.perf_counter()
-            result = iteration(step)
-            trainer.step_seconds.append(time.perf_counter() - t)
-            return result
-
-        trainer.train_iteration = train_iteration
-        return trainer
-
-    if getattr(args, "steps_per_block", 0):  # fixed steps per block
-        steps_per_block, calibration = args.steps_per_block, {}
-        blocks = len(timed_trainer(1, work / "count").pipeline.stream)
-    elif args.steps:  # equal steps: the stream's steps split evenly over its blocks
-        blocks = len(timed_trainer(1, work / "count").pipeline.stream)
-        steps_per_block, calibration = max(args.steps // blocks, 1), {}
-    else:
-        # Calibration: the whole stream at a few steps per block, run as the real one (block
-        # switches, per-block evaluation, the city report), so both the cost of a step in each
-        # block and the fixed cost outside steps are measured. Not counted in the budget.
-        k = args.calibration_steps
-        probe = timed_trainer(k, work / "calibration")
-        blocks = len(probe.pipeline.stream)
-        started = time.perf_counter()
-        probe.train()
-        overhead_s = time.perf_counter() - started - sum(probe.step_seconds)
-        # Each block's median step, leaving out its first step (a block switch) and the first 2
-        # steps of the run (warm-up).
-        steps = probe.step_seconds
-        per_block = [statistics.median(steps[max(b * k + 1, 2) : (b + 1) * k] or steps[b * k : (b + 1) * k]) for b in range(blocks)]
-        del probe
-        steps_per_block = max(int((args.budget * (1 - args.margin) - overhead_s) / sum(per_block)), min_steps_per_block)
-        calibration = {"calibrated_s_per_step": per_block, "calibrated_overhead_s": overhead_s}
-    trainer = timed_trainer(steps_per_block, work / "run")
-    started = time.perf_counter()
-    trainer.train()
-    train_s = time.perf_counter() - started
-    skip = set(range(args.warmup)) | {b * steps_per_block for b in range(blocks)}
-    rays = trainer.pipeline.datamanager.config.train_num_rays_per_batch
-    return {"steps": len(trainer.step_seconds), "rays_per_step": rays, "steps_per_block": steps_per_block, "blocks": blocks, "train_s": train_s,
-            "step_seconds": trainer.step_seconds, "skip": sorted(skip), **calibration,
-            **evaluate(trainer.pipeline.model, trainer.pipeline.datamanager.eval_dataset, getattr(args, "render_dir", None))}
-
-
 def run_worker(args) -> None:
     torch.manual_seed(0)
     # A smoke run keeps its training runs beside its logs, so a test's temporary directory holds it all.
     work = Path(tempfile.mkdtemp(prefix=f"bench_speed_{args.worker.replace(':', '_')}_", dir=args.result.parent if args.smoke else None))
     # Every block's first step is outside the rays/s windows: a budget sized to one step per block would leave none.
-    result = worker_nerfacto(args, work) if args.worker.startswith("nerfacto") else worker_mclnf(args, work, min_steps_per_block=2)
+    result = worker_nerfacto(args, work) if args.worker.startswith("nerfacto") else train_mclnf(args, work, min_steps_per_block=2)
     from mclnf_city import cpu_allocator
 
     result["allocator"] = cpu_allocator.status()
@@ -213,49 +119,12 @@ def run_worker(args) -> None:
     Path(args.result).write_text(json.dumps(result))
 
 
-def parse_setting(text: str):
-    """'optimizers.fields.optimizer.lr=0.02' -> ('optimizers.fields.optimizer.lr', 0.02)."""
-    path, eq, value = text.partition("=")
-    if not eq:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected PATH=VALUE")
-    try:
-        return path, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return path, value  # a plain string
-
-
-def set_config(config, path: str, value) -> None:
-    """Set a dotted path of a trainer config; dict keys and attributes both work, and the
-    attribute must exist (a typo fails instead of silently doing nothing)."""
-    *parents, last = path.split(".")
-    for part in parents:
-        config = config[part] if isinstance(config, dict) else getattr(config, part)
-    if isinstance(config, dict):
-        config[last] = value
-    elif hasattr(config, last):
-        setattr(config, last, value)
-    else:
-        raise SystemExit(f"--mclnf-set {path}: {type(config).__name__} has no field {last!r}")
-
-
 def parse_method(entry: str):
     """'nerfacto@1024' -> ('nerfacto', 1024); 'mclnf-city' -> ('mclnf-city', 0: its own batch)."""
     method, _, rays = entry.partition("@")
     if method not in METHODS or (rays and not rays.isdigit()):
         raise argparse.ArgumentTypeError(f"{entry!r}: expected one of {', '.join(METHODS)}, optionally @RAYS")
     return entry
-
-
-def run_logged(cmd: List[str], env: Dict[str, str], log: Path, result_path: Path, label: str) -> Dict:
-    """Run a worker process with its output in `log`; its JSON result with the kernel-measured peak RSS."""
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{label} failed, see {log}:\n{log.read_text(errors='replace')[-3000:]}")
-    result = json.loads(result_path.read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024.0
-    return result
 
 
 def run_method(args, logs: Path, method: str, rays: int, steps: int, label: str, r: int, budget: float = 0.0) -> Dict:
@@ -310,33 +179,25 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.05, help="mclnf-city: share of the budget left unplanned (step times vary by about 10%% between minutes here)")
     parser.add_argument("--mclnf-set", nargs="+", type=parse_setting, default=[], metavar="PATH=VALUE",
                         help="change the mclnf-city preset for this benchmark, e.g. optimizers.fields.optimizer.lr=0.02 pipeline.lr_final_fraction=0.03")
-    parser.add_argument("--out", type=Path, default=Path("bench_speed.json"), help="JSON written here")
+    parser.add_argument("--out", type=Path, default=RESULTS / "speed.json", help="JSON written here")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds on a sparse 40x30 city, a few steps per block, a 2 s budget: checks that the benchmark "
                              "runs (other options still override)")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    # --smoke: the smoke capture and model sizes; 2 steps per block (every block's first step is outside
+    # the rays/s windows), 64 rays per step in both phases.
+    coarse, fine = SMOKE_MCLNF_SAMPLES
+    args = parse_args(parser, methods=["nerfacto@64", "mclnf-city@64"], steps=8, rays=64, budget=2.0, warmup=1, window=1,
+                      calibration_steps=2,
+                      mclnf_set=[("pipeline.model.num_coarse_samples", coarse), ("pipeline.model.num_fine_samples", fine)],
+                      out=Path(tempfile.gettempdir()) / "bench_speed_smoke" / "bench_speed.json")
     if args.worker:
         return run_worker(args)
-    if args.smoke:
-        from bench_city import SMOKE_MCLNF_SAMPLES
-
-        # bench_city's smoke capture and model sizes; 2 steps per block (every block's first step is
-        # outside the rays/s windows), 64 rays per step in both phases. Defaults, so any option given
-        # still wins; never docs/ unless asked for.
-        coarse, fine = SMOKE_MCLNF_SAMPLES
-        parser.set_defaults(methods=["nerfacto@64", "mclnf-city@64"], steps=8, rays=64, budget=2.0, warmup=1, window=1,
-                            calibration_steps=2,
-                            mclnf_set=[("pipeline.model.num_coarse_samples", coarse), ("pipeline.model.num_fine_samples", fine)],
-                            out=Path(tempfile.gettempdir()) / "bench_speed_smoke" / "bench_speed.json")
-        args = parser.parse_args()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="bench_speed_", dir=args.out.parent if args.smoke else None))
     if args.data is None and args.smoke:
-        from bench_city import smoke_city
-
         args.data = smoke_city(logs / "city_0", seed=0)
     args.data = args.data or ROOT / "assets" / "demo_city"
     # Phase 1 runs each method once (an @RAYS suffix only sets phase 2's batch).
@@ -375,8 +236,7 @@ def main() -> None:
            "rays_per_step_phase1": args.rays, "budget_s": args.budget,
            "mclnf_set": dict(args.mclnf_set), "cpu_count": os.cpu_count(),
            "summary": summary, "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    write_json(args.out, out)
     print(f"\nwrote {args.out} (logs in {logs})")
 
 

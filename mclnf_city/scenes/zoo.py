@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Independent procedural scene generator: a "capture zoo" of synthetic nerfstudio captures.
 
-A second generator, written apart from tools/make_city.py, so the method meets captures it was
+A second generator, written apart from `mclnf_city.scenes.make_city`, so the method meets captures it was
 not shaped around: rotated and odd-shaped buildings, nadir lawnmowers, one-altitude oblique
 serpentines (nearly parallel principal rays), orbits, street walks, any scale and orientation.
 
@@ -14,8 +13,10 @@ p' = s R p + t is applied to every written position (cameras, points, bounding b
 Outputs of one capture: images/frame_XXXXX.png, transforms.json (OPENCV, no distortion),
 sparse_pc.ply (only presets with points), gt/visible_points.npz, gt/scene.json, README.md.
 
-    python tools/scene_gen.py --list
-    python tools/scene_gen.py --preset oblique_serpentine --out /tmp/obl [--seed 0 --width 160 --height 120 --frames 48 --overwrite]
+    mclnf-scene-zoo --list
+    mclnf-scene-zoo --preset oblique_serpentine --out /tmp/obl [--seed 0 --width 160 --height 120 --frames 48 --overwrite]
+
+(or `python -m mclnf_city.scenes.zoo ...`, the same command from a checkout).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+import cv2
 import numpy as np
 
 from mclnf_city.files import write_ply
@@ -987,9 +989,6 @@ def _write_npz(path: Path, **arrays):
             zf.writestr(zipfile.ZipInfo(f"{k}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue(), zipfile.ZIP_DEFLATED)
 
 
-
-
-
 OUR_FILES = ("transforms.json", "sparse_pc.ply", "README.md", "gt/visible_points.npz", "gt/scene.json")
 
 
@@ -1008,8 +1007,6 @@ def _prepare_out(out: Path, overwrite: bool):
 def generate_scene(out: Path, preset: Union[str, SceneOptions], seed: int = 0, width: Optional[int] = None, height: Optional[int] = None,
                    frames: Optional[int] = None, overwrite: bool = False, progress: bool = False) -> Path:
     """Render one capture into `out` (see the module docstring for the files). Same preset + seed -> identical bytes."""
-    import cv2
-
     out = Path(out)
     cap = build_capture(preset, seed, width=width, height=height, frames=frames)
     opts, site = cap.opts, cap.site
@@ -1048,7 +1045,7 @@ def generate_scene(out: Path, preset: Union[str, SceneOptions], seed: int = 0, w
         meta["ply_file_path"] = "sparse_pc.ply"
     (out / "transforms.json").write_text(json.dumps(meta, indent=2))
     bbox = cap.bbox_world()
-    scene_json = {"generator": "tools/scene_gen.py", "preset": opts.name, "seed": seed, "options": asdict(opts),
+    scene_json = {"generator": "mclnf_city.scenes.zoo", "preset": opts.name, "seed": seed, "options": asdict(opts),
                   "scale": cap.s, "rotation": cap.R.tolist(), "translation": cap.t.tolist(),
                   "bbox": {"min": bbox[0].tolist(), "max": bbox[1].tolist()},
                   "bbox_local": {"min": site.scene.bbox()[0].tolist(), "max": site.scene.bbox()[1].tolist()},
@@ -1058,7 +1055,7 @@ def generate_scene(out: Path, preset: Union[str, SceneOptions], seed: int = 0, w
     (out / "gt" / "scene.json").write_text(json.dumps(scene_json, indent=2))
     (out / "README.md").write_text(
         f"# {opts.name}\n\n{opts.description}\n\nMade with:\n\n"
-        f"    python tools/scene_gen.py --preset {opts.name} --out <this directory> --seed {seed} "
+        f"    python -m mclnf_city.scenes.zoo --preset {opts.name} --out <this directory> --seed {seed} "
         f"--width {W} --height {H} --frames {opts.frames}\n\n"
         f"{n} frames ({', '.join(sorted(set(scene_json['camera_kinds'])))}), {W}x{H}, layout {opts.layout}, "
         f"scale {opts.scale:g}, rotation {opts.rotation}, sparse points: {'yes' if opts.points else 'no'}.\n"
@@ -1067,7 +1064,7 @@ def generate_scene(out: Path, preset: Union[str, SceneOptions], seed: int = 0, w
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="scene_gen.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="mclnf-scene-zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help="zoo preset name (see --list)")
     p.add_argument("--out", type=Path, help="output capture directory")
     p.add_argument("--seed", type=int, default=0)
@@ -1087,7 +1084,7 @@ def main(argv=None) -> int:
         t0 = time.time()
         out = generate_scene(args.out, args.preset, args.seed, args.width, args.height, args.frames, args.overwrite, progress=True)
     except (ValueError, FileExistsError) as e:
-        print(f"scene_gen.py: error: {e}", file=sys.stderr)
+        print(f"mclnf-scene-zoo: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out} in {time.time() - t0:.1f} s")
     return 0

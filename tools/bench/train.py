@@ -5,24 +5,23 @@ nerfstudio's profiler (mean of `Trainer.train_iteration` over the run, which inc
 warm-up and, for mclnf-city, block switches); peak RSS from the kernel (`wait4`).
 Runs are repeated and the median is reported, since these machines are noisy.
 
-    python tools/bench_train.py --data assets/demo_city --repeats 2 --out bench_train.json
-    python tools/bench_train.py --smoke --out /tmp/bench_train_smoke/bench_train.json   # seconds: the test suite runs this
+    python tools/bench/train.py --data assets/demo_city --repeats 2   # writes tools/bench/results/train.json
+    python tools/bench/train.py --smoke --out /tmp/bench_train_smoke/bench_train.json   # seconds: the test suite runs this
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, RESULTS, SMOKE_MCLNF_SAMPLES, SMOKE_NERFACTO, parse_args, run_to_log, smoke_city, write_json
+
 BIN = Path(sys.executable).parent
 COMMON = ["--vis", "tensorboard", "--machine.device-type", "cpu", "--steps-per-save", "100000"]
 # --smoke: every ns-train process spends about 10 s starting up here, so three configurations, which
@@ -42,9 +41,7 @@ def run(cmd, log: Path):
     """Run a command; return (seconds per train step, peak RSS in MB, wall seconds)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     start = time.time()
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+    status, usage = run_to_log(cmd, env, log)
     wall = time.time() - start
     text = log.read_text(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
@@ -63,20 +60,14 @@ def main() -> None:
     parser.add_argument("--nerfacto-steps", type=int, default=12, help="nerfacto steps per run (slow on CPU)")
     parser.add_argument("--steps-per-block", type=int, default=15, help="mclnf-city steps per block")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (median reported)")
-    parser.add_argument("--out", type=Path, default=Path("bench_train.json"), help="JSON written here")
+    parser.add_argument("--out", type=Path, default=RESULTS / "train.json", help="JSON written here")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds on a sparse 40x30 city, three configurations, 2 steps per block or run, one repeat: "
                              "checks that the benchmark runs (other options still override)")
-    args = parser.parse_args()
+    args = parse_args(parser, rays=64, nerfacto_steps=2, steps_per_block=2, repeats=1,
+                      out=Path(tempfile.gettempdir()) / "bench_train_smoke" / "bench_train.json")
     nerfacto_sizes, mclnf_sizes = [], []
-    if args.smoke:
-        from bench_city import SMOKE_MCLNF_SAMPLES, SMOKE_NERFACTO
-
-        # bench_city's smoke capture and model sizes. Defaults, so any option given still wins; never
-        # docs/ unless asked for.
-        parser.set_defaults(rays=64, nerfacto_steps=2, steps_per_block=2, repeats=1,
-                            out=Path(tempfile.gettempdir()) / "bench_train_smoke" / "bench_train.json")
-        args = parser.parse_args()
+    if args.smoke:  # the smoke capture and model sizes
         nerfacto_sizes = cli_flags("pipeline.model", SMOKE_NERFACTO)
         mclnf_sizes = cli_flags("pipeline.model", dict(zip(("num_coarse_samples", "num_fine_samples"), SMOKE_MCLNF_SAMPLES)))
 
@@ -84,14 +75,12 @@ def main() -> None:
     # A smoke run keeps its runs beside its output, so a test's temporary directory holds it all.
     work = Path(tempfile.mkdtemp(prefix="bench_train_", dir=args.out.parent if args.smoke else None))
     if args.data is None and args.smoke:
-        from bench_city import smoke_city
-
         args.data = smoke_city(work / "city_0", seed=0)
     args.data = args.data or ROOT / "assets" / "demo_city"
     rays = ["--pipeline.datamanager.train-num-rays-per-batch", str(args.rays)]
     ours = ["--data", str(args.data), "--pipeline.steps-per-block", str(args.steps_per_block), *rays, *mclnf_sizes, *COMMON]
     configs = {
-        "nerfacto (torch)": [sys.executable, str(ROOT / "tools" / "ns_train_offline.py"), "nerfacto", "--data", str(args.data),
+        "nerfacto (torch)": [sys.executable, str(Path(__file__).resolve().parent / "ns_train_offline.py"), "nerfacto", "--data", str(args.data),
                              "--pipeline.model.implementation", "torch", "--max-num-iterations", str(args.nerfacto_steps),
                              "--steps-per-eval-batch", "100000", "--steps-per-eval-image", "100000",
                              "--steps-per-eval-all-images", "100000", *rays, *nerfacto_sizes, *COMMON],
@@ -117,7 +106,7 @@ def main() -> None:
         print(f"{name:28s} {r['s_per_step']:8.3f} {r['rays_per_s']:9,.0f} {r['rays_per_s'] / base:11.1f}x {r['peak_rss_mb']:12,.0f}")
     summary = {"data": str(args.data), "smoke": args.smoke, "rays_per_step": args.rays, "repeats": args.repeats, "cpu_count": os.cpu_count(),
                "command": " ".join(sys.argv), "results": results}
-    args.out.write_text(json.dumps(summary, indent=1))
+    write_json(args.out, summary)
     print(f"\nwrote {args.out} (logs in {work})")
 
 

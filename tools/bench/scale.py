@@ -3,12 +3,12 @@ measure what grows with the city and what must not; then render time against cit
 
 One command, one machine, one run (17 minutes on one core of the 2-core CPU machine):
 
-    OMP_NUM_THREADS=1 python tools/bench_scale.py --out docs/bench_scale.json
+    OMP_NUM_THREADS=1 python tools/bench/scale.py   # writes tools/bench/results/scale.json
 
-1. City: `tools/make_city.py`, 8 x 8 city blocks, small images and a sparse flight
+1. City: `mclnf_city.scenes.make_city`, 8 x 8 city blocks, small images and a sparse flight
    (`--image-size`, `--drone-line-spacing`, ...). Reused when `<work>/city` already holds a
    city made with the same options.
-2. Stream: the `mclnf-city-tiny` preset (`tools/city_runs.py`), `--pipeline.grid 8 8`,
+2. Stream: the `mclnf-city-tiny` preset (`mclnf_city.trainer.preset_config`), `--pipeline.grid 8 8`,
    `--steps-per-block` steps per block, trained in this process. While it runs a thread samples
    VmRSS from /proc/self/status; after every block we record RSS, the block cache's size and the
    blocks read from disk. Afterwards: block file sizes, manifest size, the manifest's `seconds`
@@ -27,7 +27,7 @@ One command, one machine, one run (17 minutes on one core of the 2-core CPU mach
 Writes `--out` (JSON, every number) and prints the tables. Numbers are one run on a shared
 CPU; the point is how they change with the number of blocks, not their absolute size.
 
-    python tools/bench_scale.py --smoke --work /tmp/w --out /tmp/bench_scale.json   # seconds: the test suite runs this
+    python tools/bench/scale.py --smoke --work /tmp/w --out /tmp/bench_scale.json   # seconds: the test suite runs this
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from city_runs import preset_config, setup_trainer  # noqa: E402
+from mclnf_city.cache_probe import CacheProbe
+from mclnf_city.trainer import preset_config, setup_trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import RESULTS, parse_args, write_json
+
 MB = 1024.0 * 1024.0
 
 
@@ -89,45 +90,6 @@ class RssSampler(threading.Thread):
         return max(r for _, r in self.samples)
 
 
-# ---------------------------------------------------------------------- block cache probe
-class CacheProbe:
-    """Counts what the block cache reads from disk, and how long each read takes.
-
-    Wraps the instances (not the classes): `store.load_block` for reads, `cache.get` for
-    the blocks a render asks for and the cache's size after every request.
-    """
-
-    def __init__(self, model):
-        self.model, self.cache, self.store = model, model.frozen, model.frozen.store
-        self.reset()
-        self._load, self._get = self.store.load_block, self.cache.get
-
-        def load_block(b):
-            self.loads.append(b)
-            return self._load(b)
-
-        def get(b, device):
-            miss = b not in self.cache._blocks
-            start = time.perf_counter()
-            module = self._get(b, device)
-            if miss:  # read, checksum, torch.load, build the field, load its state, freeze
-                self.miss_seconds.append(time.perf_counter() - start)
-            self.requested.add(b)
-            self.max_cached = max(self.max_cached, len(self.cache._blocks))
-            return module
-
-        self.store.load_block, self.cache.get = load_block, get
-
-    def reset(self) -> None:
-        self.loads: List[int] = []
-        self.miss_seconds: List[float] = []
-        self.requested = set()
-        self.max_cached = 0
-
-    def remove(self) -> None:
-        del self.store.load_block, self.cache.get  # back to the class methods
-
-
 # ---------------------------------------------------------------------- city
 def city_options(args) -> Dict:
     w, h = args.image_size
@@ -139,14 +101,14 @@ def city_options(args) -> Dict:
 
 
 def make_city(args, out: Path) -> Tuple[Path, float, bool]:
-    """Generate the city with tools/make_city.py, or reuse it when its options match."""
+    """Generate the city with mclnf_city.scenes.make_city, or reuse it when its options match."""
     opts = city_options(args)
     gt = out / "gt" / "city.json"
     if gt.exists():
         made = json.loads(gt.read_text())
         if made["seed"] == args.seed and all(made["options"][k] == v for k, v in opts.items()):
             return out, 0.0, True
-    cmd = [sys.executable, str(ROOT / "tools" / "make_city.py"), "--out", str(out), "--seed", str(args.seed), "--overwrite", "--quiet"]
+    cmd = [sys.executable, "-m", "mclnf_city.scenes.make_city", "--out", str(out), "--seed", str(args.seed), "--overwrite", "--quiet"]
     for k, v in opts.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     start = time.time()
@@ -251,20 +213,20 @@ def stream_city(args, data: Path, work: Path, sampler: RssSampler) -> Tuple[obje
         return run
 
     def time_report(original):
-        def run():
+        def run(*args, **kwargs):
             start = time.perf_counter()
-            out = original()
+            out = original(*args, **kwargs)
             report_s[0] = time.perf_counter() - start
             return out
         return run
 
     trainer.train_iteration = time_step(trainer.train_iteration)
     pipeline.finish_block = after_block(pipeline.finish_block)
-    pipeline.write_report = time_report(pipeline.write_report)
+    pipeline.report.write = time_report(pipeline.report.write)
     t1 = time.time()
     trainer.train()
     train_s = time.time() - t1
-    del trainer.train_iteration, pipeline.finish_block, pipeline.write_report
+    del trainer.train_iteration, pipeline.finish_block, pipeline.report.write
     probe.remove()
 
     store = pipeline.store
@@ -522,7 +484,7 @@ def main() -> None:
         pass
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
-    g = parser.add_argument_group("city (tools/make_city.py)")
+    g = parser.add_argument_group("city (mclnf_city.scenes.make_city)")
     g.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_scale", help="capture and runs go here (the city is reused)")
     g.add_argument("--blocks", type=int, nargs=2, default=[8, 8], metavar=("NX", "NY"), help="city blocks, also --pipeline.grid")
     g.add_argument("--seed", type=int, default=7, help="city seed")
@@ -550,21 +512,18 @@ def main() -> None:
     g.add_argument("--gpus", type=int, default=64, help="GPUs training blocks in parallel")
     g.add_argument("--pixels-per-image", type=float, default=1.0e6, help="pixels per training image at city scale")
     g.add_argument("--images-per-block", type=float, default=200.0, help="training images per block at city scale")
-    parser.add_argument("--out", type=Path, default=Path("bench_scale.json"), help="JSON written here")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scale.json", help="JSON written here")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds on a 2x2-block city with tiny images and a few steps: checks that the benchmark runs "
                              "(other options still override)")
-    args = parser.parse_args()
-    if args.smoke:
-        # Defaults, so any option given still wins. A sparse flight: few test views to render in the
-        # per-block evaluations and the city report. A cache of 3 of the 4 blocks: the render table
-        # still has its cache-as-large-as-the-city control rows.
-        smoke_dir = Path(tempfile.gettempdir()) / "bench_scale_smoke"
-        parser.set_defaults(work=smoke_dir, out=smoke_dir / "bench_scale.json", blocks=[2, 2], seed=3, image_size=[40, 30],
-                            drone_line_spacing=60.0, drone_step=40.0, street_step=80.0,
-                            steps_per_block=3, rays=64, max_loaded_blocks=3, ray_samples=[8, 8],
-                            render_sizes=[4], render_size=[16, 12], full_steps=3)
-        args = parser.parse_args()
+    # --smoke: a sparse flight, few test views to render in the per-block evaluations and the city
+    # report; a cache of 3 of the 4 blocks, so the render table still has its cache-as-large-as-the-city
+    # control rows.
+    smoke_dir = Path(tempfile.gettempdir()) / "bench_scale_smoke"
+    args = parse_args(parser, work=smoke_dir, out=smoke_dir / "bench_scale.json", blocks=[2, 2], seed=3, image_size=[40, 30],
+                      drone_line_spacing=60.0, drone_step=40.0, street_step=80.0,
+                      steps_per_block=3, rays=64, max_loaded_blocks=3, ray_samples=[8, 8],
+                      render_sizes=[4], render_size=[16, 12], full_steps=3)
     if args.steps_per_block < 3 or 0 < args.full_steps < 3:
         parser.error("--steps-per-block and --full-steps: at least 3 (the first two steps are warm-up, not timed)")
 
@@ -592,8 +551,7 @@ def main() -> None:
         "rss_samples": sampler.samples[:: max(1, int(round(1.0 / args.sample_interval)))],  # about one a second
     }
     result["projection"] = projection(args, stream, full) if full else None  # the projection is for the mclnf-city preset
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print_tables(result)
     print(f"\nwrote {args.out}")
 

@@ -2,7 +2,8 @@
 
 lund_door has a ground-truth COLMAP model: our poses (read back from transforms.json,
 so the OpenGL conversion and the city-frame alignment are checked too) are aligned to
-it by a similarity on the camera centres (Umeyama), then per registered image:
+it by a similarity on the camera centres (Umeyama), then per registered image
+(`mclnf_city.pose_accuracy`):
 - rotation error: angle of R_gt^T @ (R_align @ R_ours), camera-to-world, in degrees;
 - centre error: distance after alignment / scene extent, where the extent is the
   largest distance between two ground-truth camera centres.
@@ -10,9 +11,9 @@ Target: <= 2 deg and <= 5 % for every registered image.
 
 lund_street has no poses: registered images, reprojection error and time are recorded.
 
-    python tools/bench_process.py --data /work/shared/data --max-size 800 --out docs/bench_process.json
-    python tools/bench_process.py --skip-street   # lund_door only
-    python tools/bench_process.py --smoke --out /tmp/bench_process_smoke/bench_process.json   # seconds: the test suite runs this
+    python tools/bench/process.py --data /work/shared/data --max-size 800   # writes tools/bench/results/process.json
+    python tools/bench/process.py --skip-street   # lund_door only
+    python tools/bench/process.py --smoke --out /tmp/bench_process_smoke/bench_process.json   # seconds: the test suite runs this
 
 --smoke runs on the photos in tests/data, 214x320 (long side 320): lund_door is the twelve of
 lund_door_small/ and lund_door_more/, its ground truth their ground_truth_poses.json (written as a
@@ -25,46 +26,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict
 
-import numpy as np
+from mclnf_city.pose_accuracy import CENTRE_TARGET, ROT_TARGET_DEG, compare_poses, poses_from_colmap, poses_from_transforms
+from mclnf_city.capture.process import ProcessOptions, process
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import ROOT, RESULTS, default_data_dir, parse_args, write_json
 
-from mclnf_city.capture.frame import umeyama  # noqa: E402
-from mclnf_city.capture.process import ProcessOptions, process  # noqa: E402
-
-ROT_TARGET_DEG = 2.0
-CENTRE_TARGET = 0.05
 TEST_DATA = ROOT / "tests" / "data"
-
-Pose = Tuple[np.ndarray, np.ndarray]  # (camera-to-world rotation in COLMAP axes, centre)
-
-
-def default_data_dir() -> Path:
-    """/work/shared/data, or ../shared/data beside the main checkout."""
-    for candidate in (Path("/work/shared/data"), ROOT.parent / "shared" / "data", ROOT.parent.parent / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    return Path("/work/shared/data")
-
-
-def poses_from_colmap(sparse_dir: Path) -> Dict[str, Pose]:
-    """Poses of a COLMAP model (text or binary) by image name."""
-    import pycolmap
-
-    rec = pycolmap.Reconstruction(str(sparse_dir))
-    poses = {}
-    for image_id in rec.reg_image_ids():
-        image = rec.image(image_id)
-        world_from_cam = image.cam_from_world().inverse()
-        poses[image.name] = (world_from_cam.rotation.matrix(), np.asarray(world_from_cam.translation))
-    return poses
 
 
 def write_colmap_poses(poses_json, sparse_dir: Path, width: int, height: int) -> Path:
@@ -94,48 +66,6 @@ def smoke_data(out: Path) -> Path:
     return out
 
 
-def poses_from_transforms(path: Path) -> Dict[str, Pose]:
-    """Poses of a nerfstudio transforms.json, converted back to COLMAP camera axes."""
-    meta = json.loads(Path(path).read_text())
-    poses = {}
-    for frame in meta["frames"]:
-        c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
-        rot = c2w[:3, :3].copy()
-        rot[:, 1:3] *= -1  # OpenGL (y up, looking along -z) -> COLMAP (y down, looking along +z)
-        poses[Path(frame["file_path"]).name] = (rot, c2w[:3, 3])
-    return poses
-
-
-def compare_poses(ours: Dict[str, Pose], truth: Dict[str, Pose]) -> Dict:
-    """Per-image rotation (deg) and centre error (fraction of extent) after a similarity fit."""
-    names = sorted(set(ours) & set(truth))
-    if len(names) < 3:
-        raise ValueError(f"need at least 3 images in common with the ground truth, have {len(names)}")
-    src = np.array([ours[n][1] for n in names])
-    tgt = np.array([truth[n][1] for n in names])
-    scale, rot, t = umeyama(src, tgt)
-    all_gt = np.array([c for _, c in truth.values()])
-    extent = float(max(np.linalg.norm(a - b) for a in all_gt for b in all_gt))
-    per_image = {}
-    for name, s in zip(names, src):
-        rel = truth[name][0].T @ (rot @ ours[name][0])
-        angle = float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1.0, 1.0))))
-        centre = float(np.linalg.norm(scale * rot @ s + t - truth[name][1]) / extent)
-        per_image[name] = {"rotation_deg": angle, "centre_error_fraction": centre}
-    rot_errors = [v["rotation_deg"] for v in per_image.values()]
-    centre_errors = [v["centre_error_fraction"] for v in per_image.values()]
-    return {
-        "compared": len(names),
-        "scene_extent": extent,
-        "max_rotation_deg": max(rot_errors),
-        "mean_rotation_deg": float(np.mean(rot_errors)),
-        "max_centre_error_fraction": max(centre_errors),
-        "mean_centre_error_fraction": float(np.mean(centre_errors)),
-        "passes": max(rot_errors) <= ROT_TARGET_DEG and max(centre_errors) <= CENTRE_TARGET,
-        "per_image": per_image,
-    }
-
-
 def run_capture(images: Path, out: Path, max_size, threads: int, matching: str = "auto") -> Dict:
     """Process one image folder; returns the run's summary plus its wall time."""
     start = time.perf_counter()
@@ -153,14 +83,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=-1, help="pycolmap threads")
     parser.add_argument("--skip-street", action="store_true", help="only run lund_door")
     parser.add_argument("--work", type=Path, default=None, help="where the captures are written (default: a temp dir, deleted)")
-    parser.add_argument("--out", type=Path, default=Path("bench_process.json"), help="JSON written here")
+    parser.add_argument("--out", type=Path, default=RESULTS / "process.json", help="JSON written here")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds on the photos in tests/data (see above): checks that the benchmark runs (other options still override)")
-    args = parser.parse_args()
-    if args.smoke:
-        # Defaults, so any option given still wins; never docs/ unless asked for.
-        parser.set_defaults(max_size=320, out=Path(tempfile.gettempdir()) / "bench_process_smoke" / "bench_process.json")
-        args = parser.parse_args()
+    args = parse_args(parser, max_size=320, out=Path(tempfile.gettempdir()) / "bench_process_smoke" / "bench_process.json")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # A smoke run keeps its captures beside its output, so a test's temporary directory holds it all.
@@ -186,7 +112,7 @@ def main() -> None:
         print(f"\nlund_street: registered {run['registered']}/{run['images_in']} (models {run['models']}), "
               f"reprojection error {run['mean_reprojection_error']:.3f} px, {run['points']} points, "
               f"{run['wall_seconds']:.1f} s, city frame {run['city_frame']}")
-    args.out.write_text(json.dumps(results, indent=1))
+    write_json(args.out, results)
     print(f"\nwrote {args.out}")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

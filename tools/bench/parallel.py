@@ -1,7 +1,7 @@
 """Block-parallel training: wall time of N processes against one, and whether the blocks agree.
 
-    python tools/bench_parallel.py --data assets/demo_city --steps-per-block 150 --out docs/bench_parallel.json
-    python tools/bench_parallel.py --smoke --work /tmp/w --out /tmp/bench_parallel.json   # the test suite runs this
+    python tools/bench/parallel.py --data assets/demo_city --steps-per-block 150   # writes tools/bench/results/parallel.json
+    python tools/bench/parallel.py --smoke --work /tmp/w --out /tmp/bench_parallel.json   # the test suite runs this
 
 Runs `ns-train mclnf-city-tiny` three ways on the same capture, one after another:
 1. one process, one block per wave (the default stream: every block sees all earlier blocks);
@@ -25,7 +25,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from mclnf_city.scenes.make_city import generate_city
+
+from common import ROOT, RESULTS, parse_args, write_json
+
 # --smoke: a tiny generated city (sparse flight: few test views to evaluate) and cheap steps.
 SMOKE_CITY = dict(blocks_x=2, blocks_y=2, image_width=40, image_height=30, drone_line_spacing=60.0, drone_step=40.0, street_step=80.0)
 SMOKE_TRAIN = ["--pipeline.datamanager.train-num-rays-per-batch", "64",
@@ -67,13 +70,10 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="N: processes of the parallel run (and its wave size)")
     parser.add_argument("--work", type=Path, default=None,
                         help="a new directory for the runs (and the --smoke city) is made in it (default: the system's temp dir)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON written here (default: bench_parallel.json; --smoke: beside the runs)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON written here (default: tools/bench/results/parallel.json; --smoke: beside the runs)")
     parser.add_argument("--smoke", action="store_true",
                         help="the three runs on a tiny generated city, 3 cheap steps per block: checks that the benchmark runs")
-    args = parser.parse_args()
-    if args.smoke:
-        parser.set_defaults(steps_per_block=3)  # a default, so --steps-per-block still wins
-        args = parser.parse_args()
+    args = parse_args(parser, steps_per_block=3)
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
     # Always new run directories: ns-train would resume a run of the same name, training nothing.
@@ -81,13 +81,10 @@ def main() -> None:
     extra = []
     if args.smoke:
         if args.data is None:
-            sys.path.insert(0, str(ROOT / "tools"))
-            from make_city import generate_city
-
             args.data = generate_city(work / "city", seed=3, progress=False, verbose=False, **SMOKE_CITY)
         extra = SMOKE_TRAIN
     data = args.data or ROOT / "assets" / "demo_city"
-    out = args.out or (work / "bench_parallel.json" if args.smoke else Path("bench_parallel.json"))
+    out = args.out or (work / "bench_parallel.json" if args.smoke else RESULTS / "parallel.json")
     n = str(args.processes)
     runs = {
         "1 process, waves of 1": train(data, work / "serial", args.steps_per_block, extra),
@@ -102,8 +99,7 @@ def main() -> None:
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "cpu_count": os.cpu_count(),
               "torch_threads_one_process": torch.get_num_threads(), "runs": runs,
               "speedup_same_waves": speedup, "largest_block_difference": diff}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    write_json(out, result)
     print(f"wrote {out}")
 
 

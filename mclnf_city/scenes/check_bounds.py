@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """How well the city box fits the geometry the training cameras see, on generated captures.
 
-For a capture with known geometry (`gt/visible_points.npz` from tools/scene_gen.py, or
-`gt/depth/*.npy` from tools/make_city.py --write-depth), the capture is parsed the way
+For a capture with known geometry (`gt/visible_points.npz` from the zoo, `mclnf_city.scenes.zoo`,
+or `gt/depth/*.npy` from `mclnf_city.scenes.make_city --write-depth`), the capture is parsed the way
 `ns-train mclnf-city` parses it (nerfstudio-data, every 8th image a test view), the city
 box is estimated exactly as the pipeline does (`mclnf_city.bounds.capture_bounds`, with
 the block grid laid over it), and the visible surface points of the training cameras are
@@ -12,8 +11,10 @@ mapped into the dataparser's frame and tested against the box:
 - volume ratio: the city box's volume over the bounding box (city frame) of those points
   (target <= 4).
 
-    python tools/zoo_bounds.py CAPTURE [CAPTURE ...] [--json out.json]
-    python tools/zoo_bounds.py --zoo [--width 96 --height 72 --frames 32]   # every zoo capture, generated in a temp dir
+    mclnf-check-bounds CAPTURE [CAPTURE ...] [--json out.json]
+    mclnf-check-bounds --zoo [--width 96 --height 72 --frames 32]   # every zoo capture, generated in a temp dir
+
+(or `python -m mclnf_city.scenes.check_bounds ...`, the same command from a checkout).
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from method_configs import mclnf_city_presets
+from mclnf_city.bounds import capture_bounds
+from mclnf_city.partition import check_camera_spread, partition_from_bounds
+from mclnf_city.scenes.zoo import ZOO, generate_scene
+
 TEST_INTERVAL = 8
 
 
@@ -58,18 +63,13 @@ def visible_points(capture: Path, train_frames: List[int]) -> np.ndarray:
 
 def parse(capture: Path):
     """The training split as ns-train mclnf-city parses it (nerfstudio-data with the preset's split)."""
-    from method_configs.mclnf_city_presets import mclnf_city
-
-    parser_config = mclnf_city.config.pipeline.datamanager.dataparser
+    parser_config = mclnf_city_presets.mclnf_city.config.pipeline.datamanager.dataparser
     parser_config = type(parser_config)(**{**vars(parser_config), "data": Path(capture)})
     return parser_config.setup().get_dataparser_outputs("train")
 
 
 def bounds_figures(capture: Path, **bounds_options) -> Dict:
     """Estimate the city box of a capture as the pipeline does and measure it against the visible geometry."""
-    from mclnf_city.bounds import capture_bounds
-    from mclnf_city.partition import check_camera_spread, partition_from_bounds
-
     outputs = parse(capture)
     c2w = outputs.cameras.camera_to_worlds
     check_camera_spread(c2w)
@@ -98,11 +98,8 @@ def bounds_figures(capture: Path, **bounds_options) -> Dict:
 
 
 def zoo_captures(out: Path, width: int, height: int, frames: int) -> List[Path]:
-    """Generate every zoo capture (tools/scene_gen.py) under `out`."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import scene_gen
-
-    return [scene_gen.generate_scene(out / name, name, width=width, height=height, frames=frames) for name in scene_gen.ZOO]
+    """Generate every zoo capture under `out`."""
+    return [generate_scene(out / name, name, width=width, height=height, frames=frames) for name in ZOO]
 
 
 def main(argv=None) -> int:

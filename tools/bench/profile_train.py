@@ -1,6 +1,6 @@
 """Where a training step's time goes: torch.profiler over a few mclnf-city steps, in-process.
 
-    python tools/profile_train.py --preset mclnf-city --data assets/demo_city --steps 6
+    python tools/bench/profile_train.py --preset mclnf-city --data assets/demo_city --steps 6
 
 Prints the operators with the largest self CPU time, and the share of the step spent in
 the hash-grid encoding, the MLPs, the sampler/routing and the optimizer (from record_function
@@ -10,14 +10,14 @@ ranges). Warm-up steps are excluded.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+from mclnf_city.trainer import preset_config, setup_trainer
+
+from common import ROOT
 
 
 def main() -> None:
@@ -31,8 +31,6 @@ def main() -> None:
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
                         help="override a model field, e.g. --set num_coarse_samples 16 (repeatable)")
     args = parser.parse_args()
-
-    from city_runs import preset_config, setup_trainer
 
     config = preset_config(args.preset, args.data, Path(tempfile.mkdtemp(prefix="profile_")), steps_per_block=10_000, rays=args.rays)
     config.pipeline.prior = "random"  # the prior does not change the cost of a step

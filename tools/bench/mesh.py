@@ -1,9 +1,9 @@
-#!/usr/bin/env python3
 """Geometry accuracy of `mclnf-export mesh` against a generated city's ground-truth mesh.
 
-Trains the tiny preset on a `tools/make_city.py` capture (or takes a trained run with
+Trains the tiny preset on a `mclnf_city.scenes.make_city` capture (or takes a trained run with
 --load-config), exports the stitched mesh at a given resolution, and measures against
-`<capture>/gt/mesh.ply`, both cropped to the city box (the region the model reconstructs):
+`<capture>/gt/mesh.ply`, both cropped to the city box (the region the model reconstructs;
+`mclnf_city.mesh_accuracy`):
 
 - Chamfer distance: mean of the two mean nearest-neighbour distances (metres), between
   points sampled uniformly by area on each surface;
@@ -13,8 +13,8 @@ Trains the tiny preset on a `tools/make_city.py` capture (or takes a trained run
 
 Writes a JSON of the numbers and a PNG of the mesh (matplotlib, software rendering).
 
-    python tools/bench_mesh.py --out docs/bench_mesh.json --resolution 2 --steps-per-block 400
-    python tools/bench_mesh.py --smoke --work-dir /tmp/w --out /tmp/bench_mesh.json   # seconds: the test suite runs this
+    python tools/bench/mesh.py --resolution 2 --steps-per-block 400   # writes tools/bench/results/mesh/mesh.json
+    python tools/bench/mesh.py --smoke --work-dir /tmp/w --out /tmp/bench_mesh.json   # seconds: the test suite runs this
 """
 
 from __future__ import annotations
@@ -29,122 +29,16 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from mclnf_city import export as ex
+from mclnf_city.mesh_accuracy import compare_meshes, crop_faces, ground_plane, random_mesh, read_mesh, shifted
+from mclnf_city.scenes.make_city import generate_city
+from mclnf_city.trainer import preset_config, setup_trainer
+
+from common import RESULTS, parse_args
+
 # --smoke: a sparse flight (21 images instead of 114), so the per-block evaluations and the city
 # report render few test views.
 SPARSE_FLIGHT = dict(drone_line_spacing=60.0, drone_step=40.0, street_step=80.0)
-
-
-def read_mesh(path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """Vertices [V, 3] float64 and triangles [F, 3] of a PLY mesh."""
-    from plyfile import PlyData
-
-    ply = PlyData.read(str(path))
-    v = ply["vertex"]
-    vertices = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64)
-    faces = np.stack(ply["face"]["vertex_indices"]).astype(np.int64) if ply["face"].count else np.zeros((0, 3), np.int64)
-    return vertices, faces
-
-
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """n points uniformly distributed by area on the triangles."""
-    rng = np.random.default_rng(seed)
-    a, b, c = (vertices[faces[:, i]] for i in range(3))
-    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    tri = rng.choice(len(faces), size=n, p=area / area.sum())
-    u, v = rng.random(n), rng.random(n)
-    flip = u + v > 1  # reflect into the triangle
-    u, v = np.where(flip, 1 - u, u), np.where(flip, 1 - v, v)
-    return a[tri] + u[:, None] * (b[tri] - a[tri]) + v[:, None] * (c[tri] - a[tri])
-
-
-def crop_faces(vertices: np.ndarray, faces: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Cut triangles to an axis-aligned box: inside ones kept, outside ones dropped, the ones
-    crossing a side clipped exactly (Sutherland-Hodgman on the six planes, then fanned)."""
-    corners = vertices[faces]  # [F, 3, 3]
-    inside = np.all((corners >= lo) & (corners <= hi), axis=(1, 2))
-    outside = np.any(np.all(corners < lo, axis=1) | np.all(corners > hi, axis=1), axis=1)
-    polys = [c for c in corners[~inside & ~outside]]
-    for axis in range(3):
-        for bound, keep_below in ((lo[axis], False), (hi[axis], True)):
-            clipped = []
-            for poly in polys:
-                d = (bound - poly[:, axis]) if keep_below else (poly[:, axis] - bound)
-                out = []
-                for i in range(len(poly)):
-                    p, q, dp, dq = poly[i], poly[(i + 1) % len(poly)], d[i], d[(i + 1) % len(poly)]
-                    if dp >= 0:
-                        out.append(p)
-                    if (dp >= 0) != (dq >= 0):
-                        out.append(p + (q - p) * (dp / (dp - dq)))
-                if len(out) >= 3:
-                    clipped.append(np.array(out))
-            polys = clipped
-    tris = [corners[inside]]
-    for poly in polys:  # fan triangulation of the convex clipped polygons
-        tris.append(np.stack([np.stack([poly[0], poly[i], poly[i + 1]]) for i in range(1, len(poly) - 1)]))
-    tris = np.concatenate(tris)
-    return tris.reshape(-1, 3), np.arange(len(tris) * 3).reshape(-1, 3)
-
-
-def chamfer_fscore(pred: np.ndarray, gt: np.ndarray, tau: float) -> Dict[str, float]:
-    """Chamfer distance and precision / recall / F-score at tolerance tau between point sets."""
-    from scipy.spatial import cKDTree
-
-    d_pred = cKDTree(gt).query(pred, workers=1)[0]  # accuracy: export -> ground truth
-    d_gt = cKDTree(pred).query(gt, workers=1)[0]  # completeness: ground truth -> export
-    precision, recall = float(np.mean(d_pred < tau)), float(np.mean(d_gt < tau))
-    f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {
-        "chamfer": float(0.5 * (d_pred.mean() + d_gt.mean())),
-        "accuracy_mean": float(d_pred.mean()),
-        "completeness_mean": float(d_gt.mean()),
-        "precision": precision,
-        "recall": recall,
-        "fscore": f,
-        "tau": tau,
-    }
-
-
-def compare_meshes(pred_v, pred_f, gt_v, gt_f, box_lo, box_hi, tau: float, n: int = 200_000, seed: int = 0,
-                   above: Optional[float] = None) -> Dict:
-    """Chamfer / F-score of two meshes, both cut to the box [box_lo, box_hi].
-
-    With `above` (a height), also the same metrics on the points above it only
-    ("above_ground"): the ground fills most of a city box, so a flat plane alone scores well
-    on the whole box; above the ground only buildings count.
-    """
-    empty = {"chamfer": float("inf"), "precision": 0.0, "recall": 0.0, "fscore": 0.0, "tau": tau}
-    pv, pf = crop_faces(pred_v, pred_f, box_lo, box_hi)
-    gv, gf = crop_faces(gt_v, gt_f, box_lo, box_hi)
-    if len(pf) == 0:
-        return dict(empty, above_ground=dict(empty)) if above is not None else empty
-    pred, gt = sample_surface(pv, pf, n, seed), sample_surface(gv, gf, n, seed + 1)
-    result = chamfer_fscore(pred, gt, tau)
-    if above is not None:
-        pred_up, gt_up = pred[pred[:, 2] > above], gt[gt[:, 2] > above]
-        result["above_ground"] = chamfer_fscore(pred_up, gt_up, tau) if len(pred_up) and len(gt_up) else dict(empty)
-        result["above_ground"]["height"] = above
-    return result
-
-
-def shifted(vertices: np.ndarray, dx: float) -> np.ndarray:
-    """A broken export for the controls: the same mesh moved by dx along x."""
-    return vertices + np.array([dx, 0.0, 0.0])
-
-
-def random_mesh(lo: np.ndarray, hi: np.ndarray, num_faces: int, size: float, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """A broken export for the controls: random triangles of edge ~size scattered in the box."""
-    rng = np.random.default_rng(seed)
-    centres = lo + rng.random((num_faces, 3)) * (hi - lo)
-    vertices = (centres[:, None, :] + rng.normal(scale=size, size=(num_faces, 3, 3))).reshape(-1, 3)
-    return vertices, np.arange(3 * num_faces).reshape(-1, 3)
-
-
-def ground_plane(lo: np.ndarray, hi: np.ndarray, z: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Two triangles covering the box's footprint at height z."""
-    v = np.array([[lo[0], lo[1], z], [hi[0], lo[1], z], [hi[0], hi[1], z], [lo[0], hi[1], z]])
-    return v, np.array([[0, 1, 2], [0, 2, 3]])
 
 
 def render_mesh(vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.ndarray], path: Path,
@@ -196,9 +90,6 @@ def render_mesh(vertices: np.ndarray, faces: np.ndarray, colors: Optional[np.nda
 
 def train_city(capture: Path, out: Path, steps_per_block: int, rays: int, ray_samples: Optional[Tuple[int, int]] = None) -> Path:
     """Train the tiny preset on a capture in-process; returns the run's config.yml."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    from city_runs import preset_config, setup_trainer
-
     config = preset_config("mclnf-city-tiny", capture, out, steps_per_block, rays=rays)
     if ray_samples:
         config.pipeline.model.num_coarse_samples, config.pipeline.model.num_fine_samples = ray_samples
@@ -221,7 +112,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--density-threshold", type=float, nargs="+", default=[10.0], help="iso-levels to measure")
     parser.add_argument("--tau", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="F-score tolerances in metres")
     parser.add_argument("--samples", type=int, default=200_000, help="surface samples per mesh for the metrics")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "bench_mesh.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "mesh" / "mesh.json")
     parser.add_argument("--png", type=Path, default=None, help="mesh picture (default: beside --out)")
     parser.add_argument("--png-size", type=int, nargs=2, default=[960, 720], help="mesh picture width height")
     parser.add_argument("--png-samples", type=int, default=3_000_000, help="surface samples drawn in the mesh picture")
@@ -230,26 +121,17 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="seconds on a sparse tiny capture, a few steps per block, a coarse lattice: checks that the "
                              "benchmark runs (other options still override)")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        # Defaults, so any option given still wins; never docs/ unless asked for.
-        smoke_dir = Path(tempfile.gettempdir()) / "bench_mesh_smoke"
-        parser.set_defaults(work_dir=smoke_dir, out=smoke_dir / "bench_mesh.json", image_size=[40, 30], steps_per_block=3,
-                            rays=64, ray_samples=[8, 8], resolution=0.25, samples=5000, png_size=[240, 180], png_samples=50_000)
-        args = parser.parse_args(argv)
-
-    from mclnf_city import export as ex
+    smoke_dir = Path(tempfile.gettempdir()) / "bench_mesh_smoke"
+    args = parse_args(parser, argv, work_dir=smoke_dir, out=smoke_dir / "bench_mesh.json", image_size=[40, 30], steps_per_block=3,
+                      rays=64, ray_samples=[8, 8], resolution=0.25, samples=5000, png_size=[240, 180], png_samples=50_000)
 
     started = time.time()
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    result: Dict = {"command": "python tools/bench_mesh.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    result: Dict = {"command": "python tools/bench/mesh.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     capture = args.capture
     if args.load_config is None:
         if capture is None:
-            sys.path.insert(0, str(ROOT / "tools"))
-            from make_city import generate_city
-
             flight, sparse = (SPARSE_FLIGHT, "_sparse") if args.smoke else ({}, "")
             capture = work / f"city_seed{args.seed}_{args.image_size[0]}x{args.image_size[1]}{sparse}"
             if not capture.exists():

@@ -5,7 +5,7 @@ weights; with no network that is a crash before the first step. When the weights
 already on disk, this wrapper swaps LPIPS for a stub that reports NaN (never a number we
 could mistake for a measurement) and then runs nerfstudio's own `ns-train` entry point.
 
-    python tools/ns_train_offline.py nerfacto --data assets/demo_city --pipeline.model.implementation torch
+    python tools/bench/ns_train_offline.py nerfacto --data assets/demo_city --pipeline.model.implementation torch
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import torch
 
 
-def _patch_lpips() -> None:
+def patch_lpips() -> None:
     from mclnf_city.metrics import lpips_weights_path
 
     if lpips_weights_path().exists():
@@ -37,7 +37,7 @@ def _patch_lpips() -> None:
 
 
 def main() -> None:
-    _patch_lpips()
+    patch_lpips()
     from nerfstudio.scripts.train import entrypoint
 
     sys.argv = ["ns-train", *sys.argv[1:]]

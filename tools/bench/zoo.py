@@ -1,13 +1,12 @@
-#!/usr/bin/env python3
 """mclnf-city against nerfacto on a zoo of captures, at equal wall time, same machine, same run.
 
-    python tools/bench_zoo.py --out docs/bench_zoo --budget 600 \\
-        --real lund_door=/data/lund_door_capture lund_street=/data/lund_street_capture
-    python tools/bench_zoo.py --captures oblique_serpentine orbit_tower --budget 180 --seeds 0 1 2
-    python tools/bench_zoo.py --split validation ...     # for choosing defaults: never the test views
-    python tools/bench_zoo.py --smoke                      # seconds: the test suite runs this
+    python tools/bench/zoo.py --budget 600 \\
+        --real lund_door=/data/lund_door_capture lund_street=/data/lund_street_capture   # writes tools/bench/results/zoo/
+    python tools/bench/zoo.py --captures oblique_serpentine orbit_tower --budget 180 --seeds 0 1 2
+    python tools/bench/zoo.py --split validation ...     # for choosing defaults: never the test views
+    python tools/bench/zoo.py --smoke                      # seconds: the test suite runs this
 
-Captures: the zoo of `tools/scene_gen.py` (generated into `--work`, `--width`x`--height`,
+Captures: the zoo of `mclnf_city.scenes.zoo` (generated into `--work`, `--width`x`--height`,
 `--frames` frames) and real captures given as NAME=PATH (nerfstudio captures, e.g. made by
 `mclnf-process`). Both methods parse them with nerfstudio-data, every 8th image a test view.
 
@@ -17,11 +16,11 @@ of links) and evaluates on every 8th of the rest: tuning runs see no test view a
 
 Methods, each in its own process, one at a time:
 - `mclnf-city`: the preset as shipped (`ns-train mclnf-city`), its steps per block sized by a
-  short calibration stream so the stream ends near the budget (tools/bench_speed.py's worker).
+  short calibration stream so the stream ends near the budget (the speed benchmark's worker).
 - `nerfacto`: nerfstudio's `nerfacto` method config as shipped (its data manager, batch,
   optimizers, schedulers and camera optimizer), `implementation torch`, run by nerfstudio's
   own Trainer for max(budget, the time mclnf-city took); LPIPS is off when its weights are
-  not on disk (tools/ns_train_offline.py).
+  not on disk (tools/bench/ns_train_offline.py).
 Both are evaluated by the same function on the same views (PSNR/SSIM, full images), and the
 renders of one test view are saved side by side with the photo.
 """
@@ -40,36 +39,22 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mclnf_city.scenes.zoo import ZOO, generate_scene
+from mclnf_city.splits import TEST_INTERVAL, validation_capture
 
-ROOT = Path(__file__).resolve().parents[1]
-TEST_INTERVAL = 8
+from common import RESULTS, evaluate, parse_setting, patch_lpips, run_logged, train_mclnf
+
 METHODS = ("mclnf-city", "nerfacto")
 
 
 # ----------------------------------------------------------------------------- captures
-def validation_capture(capture: Path, out: Path) -> Path:
-    """The capture without its test images (every 8th frame): links to its images and a new transforms.json."""
-    meta = json.loads((capture / "transforms.json").read_text())
-    frames = sorted(meta["frames"], key=lambda f: f["file_path"])  # nerfstudio's order
-    kept = [f for i, f in enumerate(frames) if i % TEST_INTERVAL != 0]
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in capture.iterdir():
-        if entry.name not in ("transforms.json",) and not (out / entry.name).exists():
-            (out / entry.name).symlink_to(entry.resolve())
-    (out / "transforms.json").write_text(json.dumps({**meta, "frames": kept}, indent=1))
-    return out
-
-
 def prepare_captures(args) -> Dict[str, Path]:
-    import scene_gen
-
     captures: Dict[str, Path] = {}
     for name in args.captures:
         target = args.work / f"{name}_{args.width}x{args.height}x{args.frames}"
         if not (target / "transforms.json").exists():
             print(f"generating {name} -> {target}", flush=True)
-            scene_gen.generate_scene(target, name, seed=args.scene_seed, width=args.width, height=args.height, frames=args.frames, overwrite=True)
+            generate_scene(target, name, seed=args.scene_seed, width=args.width, height=args.height, frames=args.frames, overwrite=True)
         captures[name] = target
     for entry in args.real:
         name, _, path = entry.partition("=")
@@ -84,14 +69,11 @@ def prepare_captures(args) -> Dict[str, Path]:
 # ----------------------------------------------------------------------------- workers
 def worker_nerfacto(data: Path, budget: float, seed: int, work: Path, render_dir: Path) -> Dict:
     """nerfacto as shipped (implementation torch), trained by nerfstudio's Trainer for `budget` seconds."""
-    from bench_speed import evaluate
-    from ns_train_offline import _patch_lpips
-
     from nerfstudio.configs.method_configs import method_configs
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
     from nerfstudio.engine.callbacks import TrainingCallbackLocation
 
-    _patch_lpips()
+    patch_lpips()
     config = copy.deepcopy(method_configs["nerfacto"])
     config.data = data
     config.pipeline.datamanager.data = data
@@ -132,14 +114,12 @@ def worker_nerfacto(data: Path, budget: float, seed: int, work: Path, render_dir
 
 def worker_mclnf(data: Path, budget: float, seed: int, work: Path, render_dir: Path, calibration_steps: int, settings: List,
                  steps_per_block: int = 0) -> Dict:
-    """The mclnf-city preset as shipped, its stream sized to `budget` (bench_speed's calibrated
+    """The mclnf-city preset as shipped, its stream sized to `budget` (the speed benchmark's calibrated
     worker), or `steps_per_block` steps per block when given."""
-    import bench_speed
-
     args = argparse.Namespace(data=data, rays=0, steps=0, budget=budget, margin=0.05, warmup=3, calibration_steps=calibration_steps,
                               mclnf_set=[("pipeline.datamanager.seed", seed), *settings], render_dir=render_dir,
                               steps_per_block=steps_per_block)
-    return bench_speed.worker_mclnf(args, work)
+    return train_mclnf(args, work)
 
 
 def run_worker(args) -> None:
@@ -162,8 +142,6 @@ def run_worker(args) -> None:
 
 def run_method(args, logs: Path, capture: str, data: Path, method: str, seed: int, budget: float) -> Dict:
     """One worker process; its result with the kernel-measured peak RSS."""
-    from bench_speed import run_logged
-
     label = f"{capture}_{method}_seed{seed}"
     result_path, log = logs / f"{label}.json", logs / f"{label}.log"
     render_dir = args.out / "renders" / label
@@ -257,12 +235,8 @@ def renders_picture(runs: List[Dict], out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    import scene_gen
-
-    from bench_speed import parse_setting
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--captures", nargs="*", default=None, help=f"zoo captures (default: all of {', '.join(scene_gen.ZOO)})")
+    p.add_argument("--captures", nargs="*", default=None, help=f"zoo captures (default: all of {', '.join(ZOO)})")
     p.add_argument("--real", nargs="*", default=[], metavar="NAME=PATH", help="real (or other) nerfstudio captures")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--budget", type=float, default=600.0, help="training seconds of every method")
@@ -278,7 +252,7 @@ def main(argv=None) -> int:
                    help="mclnf-city: train this many steps per block instead of filling the budget (equal-steps comparisons, e.g. of priors)")
     p.add_argument("--mclnf-set", nargs="+", type=parse_setting, default=[], metavar="PATH=VALUE", help="change the mclnf-city preset")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench_zoo_captures", help="generated captures are cached here")
-    p.add_argument("--out", type=Path, default=Path("bench_zoo"), help="results.json, results.md, renders.jpg and renders/ go here")
+    p.add_argument("--out", type=Path, default=RESULTS / "zoo", help="results.json, results.md, renders.jpg and renders/ go here")
     p.add_argument("--append", action="store_true",
                    help="keep the runs already in OUT/results.json (e.g. more seeds on some captures) and add these; a run of the same capture, method and seed is replaced")
     p.add_argument("--smoke", action="store_true", help="a few seconds on one tiny capture: checks that the benchmark runs")
@@ -295,10 +269,10 @@ def main(argv=None) -> int:
         args.captures = args.captures or ["orbit_tower"]
         args.width, args.height, args.frames, args.budget, args.calibration_steps = 48, 36, 17, 6.0, 2
     elif args.captures is None:
-        args.captures = list(scene_gen.ZOO)
-    unknown = [c for c in args.captures if c not in scene_gen.ZOO]
+        args.captures = list(ZOO)
+    unknown = [c for c in args.captures if c not in ZOO]
     if unknown:
-        p.error(f"unknown zoo capture(s) {unknown}; the zoo: {', '.join(scene_gen.ZOO)}")
+        p.error(f"unknown zoo capture(s) {unknown}; the zoo: {', '.join(ZOO)}")
     args.out.mkdir(parents=True, exist_ok=True)
     logs = args.out / "logs"
     logs.mkdir(exist_ok=True)
@@ -325,7 +299,7 @@ def main(argv=None) -> int:
     table = summarise(runs)
     text = markdown(table, args.split)
     print("\n" + text)
-    shown = "\n".join(f"`python tools/bench_zoo.py {c.split(' ', 1)[1] if ' ' in c else ''}`" for c in commands)
+    shown = "\n".join(f"`python tools/bench/zoo.py {c.split(' ', 1)[1] if ' ' in c else ''}`" for c in commands)
     (args.out / "results.md").write_text(f"{shown}\n\n{text}")
     (args.out / "results.json").write_text(json.dumps({"commands": commands, "split": args.split, "summary": table, "runs": runs}, indent=1))
     renders_picture(runs, args.out / "renders.jpg")
