@@ -1,8 +1,9 @@
 """Independent procedural scene generator: a "capture zoo" of synthetic nerfstudio captures.
 
-A second generator, written apart from `mclnf_city.scenes.make_city`, so the method meets captures it was
-not shaped around: rotated and odd-shaped buildings, nadir lawnmowers, one-altitude oblique
-serpentines (nearly parallel principal rays), orbits, street walks, any scale and orientation.
+A second generator, written apart from `mclnf_city.scenes.make_city`, so the method meets
+captures it was not shaped around: rotated and odd-shaped buildings, nadir lawnmowers,
+one-altitude oblique serpentines (nearly parallel principal rays), orbits, street walks, any
+scale and orientation.
 
 Everything is a vectorised numpy ray caster over analytic primitives (ground plane, convex
 polyhedra for rotated boxes and gable roofs, vertical cylinders, spheres), shaded with a sun
