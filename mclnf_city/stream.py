@@ -61,7 +61,10 @@ class BlockStream(Sequence):
             return self.order == list(other)
         return NotImplemented
 
-    __hash__ = None  # mutable-looking sequence: compared by value, not hashed
+    __hash__ = None  # compared by value, like a list
+
+    def __repr__(self) -> str:
+        return f"BlockStream({self.order})"
 
     def block_at(self, step: int) -> Optional[int]:
         """The block this process trains at `step` (None: its share of the wave is done, it waits)."""

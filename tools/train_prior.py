@@ -65,8 +65,8 @@ def main() -> None:
         pipeline = setup_trainer(config).pipeline
         pipelines.append(pipeline)
         tasks += [(pipeline, b) for b in pipeline.stream]
-        cities.append({"seed": seed, "style": style, "blocks": pipeline.stream})
-        print(f"city {seed} ({style}): blocks {pipeline.stream}", flush=True)
+        cities.append({"seed": seed, "style": style, "blocks": list(pipeline.stream)})
+        print(f"city {seed} ({style}): blocks {list(pipeline.stream)}", flush=True)
     generated = time.time() - started
 
     cfg = pipelines[0].config.meta

@@ -214,7 +214,7 @@ def city_in(args, work: Path) -> Dict:
         "steps_per_block": args.steps_per_block, "rays_per_step": args.rays,
         "old_city": {"blocks": old_pipe.partition.num_blocks, "trained": len(old_pipe.stream), "seconds": old_seconds},
         "grown_city": {"blocks": grown_pipe.partition.num_blocks, "new_blocks": manifest["grow"]["new_blocks"],
-                       "trained": grown_pipe.stream, "seconds": grown_seconds,
+                       "trained": list(grown_pipe.stream), "seconds": grown_seconds,
                        "iterations": grown_trainer.config.max_num_iterations},
         "old_store_unchanged": files_before == files_after,
         "old_blocks_linked_byte_identical": linked_same,

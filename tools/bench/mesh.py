@@ -30,6 +30,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from mclnf_city import export as ex
+from mclnf_city.files import write_ply
 from mclnf_city.mesh_accuracy import compare_meshes, crop_faces, ground_plane, random_mesh, read_mesh, shifted
 from mclnf_city.scenes.make_city import generate_city
 from mclnf_city.trainer import preset_config, setup_trainer
@@ -168,7 +169,7 @@ def main(argv: Optional[list] = None) -> int:
             for name, (v, f) in broken.items():
                 entry["controls"].setdefault(name, {})[str(tau)] = compare_meshes(v, f, gt_v, gt_f, lo, hi, tau, args.samples, above=ground + 1.0)
         ply = work / f"mesh_level{level:g}.ply"
-        ex.write_ply(ply, mesh.vertices, mesh.colors, mesh.faces)
+        write_ply(ply, mesh.vertices, mesh.colors, mesh.faces)
         entry["ply"] = str(ply)
         result["runs"].append(entry)
         m = entry["metrics"][str(args.tau[len(args.tau) // 2])]
