@@ -1,26 +1,30 @@
 """Training rays of the active block, sampled in the main process.
 
 nerfstudio's `ParallelDataManager` samples pixels in spawned workers, where the stream
-state (which block is active) is invisible. This data manager caches every training
-pixel once (uint8), assigns pixels to the blocks their rays cross, and samples the
-active block's pixels directly. Evaluation reuses `VanillaDataManager` unchanged.
+state (which block is active) is invisible. This data manager keeps no image of the capture
+in memory: the pixel index (`block_pixels.py`, kept with the city) says which pixels each
+block learns from, and a block's pixels are read from its images when it starts. Memory is
+bounded by the largest block. Evaluation reuses `VanillaDataManager`, with test views read
+one at a time rather than all cached up front.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Type
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Type
 
 import torch
-from rich.progress import track
 from torch import Tensor
 
 from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, VanillaDataManagerConfig
 from nerfstudio.configs.dataparser_configs import AnnotatedDataParserUnion
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.utils.rich_utils import CONSOLE
 
-from mclnf_city.capture import CaptureError, load_image_uint8
+from mclnf_city.block_pixels import BlockPool, PixelIndex, TrainImages, fingerprint
 from mclnf_city.fisher import ScoreBuffer
 from mclnf_city.partition import BlockPartition
 
@@ -38,8 +42,15 @@ class CityDataManagerConfig(VanillaDataManagerConfig):
     """Rays per training step (all from the active block)."""
     eval_num_rays_per_batch: int = 4096
     """Rays per evaluation step."""
+    eval_num_images_to_sample_from: int = 1
+    """Test views held in memory for nerfstudio's evaluation batches (read one at a time; -1 caches all)."""
+    eval_num_times_to_repeat_images: int = 1
+    """Evaluation batches drawn from those views before others are read."""
     assignment_chunk: int = 1 << 18
     """Rays tested against the block boxes at once while assigning pixels."""
+    pixel_cache_bytes: int = 1 << 30
+    """Memory for the pixels (ids and colours) of blocks trained recently; the active block's are
+    always kept. Blocks beyond it are read again from their images when they come back."""
     seed: int = 0
     """Seed of the pixel sampler (the rays drawn at a block's step s depend only on seed, block and s)."""
 
@@ -63,25 +74,20 @@ class CityDataManager(VanillaDataManager):
     config: CityDataManagerConfig
 
     def setup_train(self):
-        """Cache every training pixel as uint8; pixels are assigned to blocks later."""
+        """No pixel is read here: blocks read theirs when they start (`index_pixels` first)."""
         from nerfstudio.model_components.ray_generators import RayGenerator
 
         dataset = self.train_dataset
         cameras = dataset.cameras
         self.widths = cameras.width.flatten().long()
         self.heights = cameras.height.flatten().long()
-        sizes = self.widths * self.heights
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, 0)])
-        colors = torch.empty(int(self.offsets[-1]), 3, dtype=torch.uint8)
-        for i, name in enumerate(track(dataset._dataparser_outputs.image_filenames, description="Caching training images", transient=True)):
-            img = load_image_uint8(name, dataset.scale_factor)
-            h, w = int(self.heights[i]), int(self.widths[i])
-            if img.shape[:2] != (h, w):
-                raise CaptureError(f"{name}: image is {img.shape[1]}x{img.shape[0]} but its camera says {w}x{h}")
-            colors[self.offsets[i] : self.offsets[i + 1]] = img.reshape(-1, 3)
-        self.colors = colors
+        self.train_images = TrainImages(
+            [Path(p) for p in dataset._dataparser_outputs.image_filenames], self.widths, self.heights, dataset.scale_factor
+        )
         self.train_ray_generator = RayGenerator(cameras.to(self.device))
-        self.block_pixels: Dict[int, Tensor] = {}
+        self.pixel_index: Optional[PixelIndex] = None
+        self._kept_images: Dict[int, Tensor] = {}
+        self._pools: "OrderedDict[int, BlockPool]" = OrderedDict()
         self.active_block: Optional[int] = None
         # FIM-NeRF sampling (off unless the pipeline sets a uniform fraction): the active
         # block's per-pixel scores. Not checkpointed: a resumed block starts it afresh.
@@ -90,71 +96,87 @@ class CityDataManager(VanillaDataManager):
         self.train_pixel_sampler = BlockPixelSampler(self.config.train_num_rays_per_batch, self.config.seed)
 
     # ----- pixels and blocks -----
-    def flat_to_indices(self, flat: Tensor) -> Tensor:
-        """Flat pixel ids -> [N, 3] (camera, y, x) as RayGenerator expects."""
-        cam = torch.searchsorted(self.offsets, flat, right=True) - 1
-        local = flat - self.offsets[cam]
-        w = self.widths[cam]
-        return torch.stack([cam, local // w, local % w], dim=-1)
+    def index_pixels(self, partition: BlockPartition, root: Path, build: bool = True) -> PixelIndex:
+        """Open the pixel index at `root` (the city's), or build it when it is missing or was made
+        for other cameras, images or blocks. With `build=False` a missing or stale index is an error
+        (a process that waits for another to build it)."""
+        fp = fingerprint(self.train_dataset.cameras, self.train_images.paths, partition)
+        index = PixelIndex.open(root)
+        if index is None or index.fingerprint != fp:
+            if not build:
+                raise RuntimeError(f"{root}: no pixel index for this capture and partition")
+            if index is not None:
+                CONSOLE.print(f"pixel index at {root} was made for other cameras or blocks: rebuilding it")
+            self.train_images.check_sizes()
+            index = PixelIndex.build(root, partition, self.train_dataset.cameras, self.train_images, fp, self.config.assignment_chunk)
+        self.pixel_index = index
+        self._pools.clear()
+        self.score_buffer = None
+        return index
 
-    def assign_pixels(self, partition: BlockPartition) -> Dict[int, Tensor]:
-        """For every block, the flat ids of the training pixels whose rays cross its expanded box."""
-        hits: List[List[Tensor]] = [[] for _ in range(partition.num_blocks)]
-        total = int(self.offsets[-1])
-        chunk = self.config.assignment_chunk
-        for start in track(range(0, total, chunk), description="Assigning pixels to blocks", transient=True):
-            flat = torch.arange(start, min(start + chunk, total))
-            rays = self.train_ray_generator(self.flat_to_indices(flat).to(self.device))
-            crossing = partition.crossing_mask(rays.origins.cpu().double(), rays.directions.cpu().double())
-            for b in range(partition.num_blocks):
-                hits[b].append(flat[crossing[:, b]])
-        self.block_pixels = {b: torch.cat(h) for b, h in enumerate(hits)}
-        return self.block_pixels
+    def _index(self) -> PixelIndex:
+        if self.pixel_index is None:
+            raise RuntimeError("no pixel index: CityDataManager.index_pixels must run before blocks are sampled")
+        return self.pixel_index
 
     def block_images(self, b: int) -> Tensor:
         """Bool mask [num_train_images] of the images with pixels in block b."""
+        index = self._index()
         mask = torch.zeros(len(self.widths), dtype=torch.bool)
-        pixels = self.block_pixels.get(b)
-        if pixels is not None and len(pixels):
-            mask[torch.unique(self.flat_to_indices(pixels)[:, 0])] = True
+        images = index.images(b)[index.counts(b) > 0]
+        if b in self._kept_images:
+            images = images[torch.isin(images, self._kept_images[b])]
+        mask[images] = True
         return mask
 
     def keep_images(self, b: int, images: Tensor) -> None:
         """Block b draws only from the pixels of these training images (indices)."""
-        pool = self.block_pixels[b]
-        self.block_pixels[b] = pool[torch.isin(self.flat_to_indices(pool)[:, 0], images)]
+        self._kept_images[b] = images.long()
+        self._pools.pop(b, None)
 
     def rays_per_block(self) -> Dict[int, int]:
-        return {b: len(p) for b, p in self.block_pixels.items()}
+        index = self._index()
+        rays = {}
+        for b in index.blocks:
+            counts = index.counts(b)
+            if b in self._kept_images:
+                counts = counts[torch.isin(index.images(b), self._kept_images[b])]
+            rays[b] = int(counts.sum())
+        return rays
+
+    def pool(self, b: int) -> BlockPool:
+        """Block b's pixels and colours: kept while they fit `pixel_cache_bytes`, else read again."""
+        if b in self._pools:
+            self._pools.move_to_end(b)
+            return self._pools[b]
+        pool = self._index().load_pool(b, self.train_images, self._kept_images.get(b))
+        self._pools[b] = pool
+        while len(self._pools) > 1 and sum(p.nbytes for p in self._pools.values()) > self.config.pixel_cache_bytes:
+            self._pools.popitem(last=False)
+        return pool
 
     # ----- sampling -----
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         """Rays of the active block's draw number `step` (the pipeline passes the step within the block)."""
+        if self.active_block is None:
+            raise RuntimeError("no active block: training rays come from the block the stream is on")
         self.train_count += 1
-        positions = None
-        if self.active_block is not None:
-            pool = self.block_pixels[self.active_block]
-            buffer = self._score_buffer()
-            if buffer is not None:
-                n = self.train_pixel_sampler.num_rays_per_batch
-                positions = buffer.sample(n, self.train_pixel_sampler.generator(self.active_block, step))
-            else:
-                positions = self.train_pixel_sampler.sample(len(pool), self.active_block, step)
-            pick = pool[positions]
-        else:  # no stream running (export, inspection): any training pixel
-            pick = self.train_pixel_sampler.sample(int(self.offsets[-1]), None, step)
-        indices = self.flat_to_indices(pick)
-        batch = {"image": self.colors[pick].float().div_(255.0).to(self.device), "indices": indices}
-        if positions is not None:
-            batch["pool_positions"] = positions
+        pool = self.pool(self.active_block)
+        buffer = self._score_buffer()
+        if buffer is not None:
+            n = self.train_pixel_sampler.num_rays_per_batch
+            positions = buffer.sample(n, self.train_pixel_sampler.generator(self.active_block, step))
+        else:
+            positions = self.train_pixel_sampler.sample(len(pool), self.active_block, step)
+        indices = pool.indices(positions, self.widths)
+        batch = {"image": pool.colors[positions].float().div_(255.0).to(self.device), "indices": indices, "pool_positions": positions}
         return self.train_ray_generator(indices.to(self.device)), batch
 
     def _score_buffer(self) -> Optional[ScoreBuffer]:
         if self.fisher_uniform_fraction is None or self.active_block is None:
             return None
         if self.score_buffer is None or self.score_buffer[0] != self.active_block:
-            pool = self.block_pixels[self.active_block]
-            self.score_buffer = (self.active_block, ScoreBuffer(len(pool), self.fisher_uniform_fraction))
+            self.score_buffer = (self.active_block, ScoreBuffer(len(self.pool(self.active_block)), self.fisher_uniform_fraction))
         return self.score_buffer[1]
 
     def record_scores(self, batch: Dict, scores: Tensor) -> None:

@@ -175,7 +175,10 @@ class BlockField(nn.Module):
         self.register_buffer("origin", torch.zeros(3))
         self.register_buffer("box_center", torch.zeros(3))
         self.register_buffer("box_half", torch.ones(3))
-        # Which training images belong to the block (their mean embedding renders unseen views).
+        # The training images of the embedding's rows, and which of them belong to the block
+        # (their mean embedding renders unseen views). The active slot has a row for every
+        # training image; a stored block keeps its own images' rows only (`compact_block_state`).
+        self.register_buffer("image_ids", torch.arange(num_images))
         self.register_buffer("image_mask", torch.zeros(num_images, dtype=torch.bool))
 
     # ----- geometry -----
@@ -237,12 +240,15 @@ class BlockField(nn.Module):
 
     def _embedding(self, camera_indices: Optional[Tensor], n: int, like: Tensor) -> Tensor:
         assert self.appearance is not None
-        if self.training and camera_indices is not None:
-            return self.appearance(camera_indices.long().clamp(0, self.appearance.num_embeddings - 1))
         # Unseen (test) views get the mean embedding of the block's own training images.
         mask = self.image_mask
-        w = self.appearance.weight[mask].mean(0) if mask.any() else torch.zeros_like(self.appearance.weight[0])
-        return w.to(like).expand(n, -1)
+        mean = self.appearance.weight[mask].mean(0) if mask.any() else self.appearance.weight.new_zeros(self.appearance.embedding_dim)
+        if not (self.training and camera_indices is not None) or len(self.image_ids) == 0:
+            return mean.to(like).expand(n, -1)
+        cams = camera_indices.long()
+        rows = torch.searchsorted(self.image_ids, cams).clamp(max=len(self.image_ids) - 1)
+        own = self.image_ids[rows] == cams
+        return torch.where(own[:, None], self.appearance(rows), mean).to(like)
 
     # ----- prior (θ_shared) -----
     # The per-image appearance embedding belongs to a capture, not to the prior: it is left
@@ -263,11 +269,33 @@ class BlockField(nn.Module):
             if self.appearance is not None:
                 self.appearance.weight.zero_()
 
+    def block_state(self) -> Dict[str, Tensor]:
+        """What a block stores: every weight and its geometry, with its own images' embeddings only."""
+        return compact_block_state(self.state_dict())
+
     def load_block_state(self, state: Dict[str, Tensor], what: str) -> None:
         """Strict load of a full block state (parameters and geometry), with a clear error."""
+        if "image_ids" not in state and "image_mask" in state:  # a block file from before image_ids
+            state = compact_block_state(state)
         own = self.state_dict()
         require_same_keys(own, state, f"{what} does not match the block architecture")
         for k, v in own.items():
             if v.shape != state[k].shape:
                 raise ValueError(f"{what}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
         self.load_state_dict(state, strict=True)
+
+
+def compact_block_state(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """A block state with the embedding rows of its own images only (`image_mask`), so that a
+    block file does not grow with the capture. Block files written before `image_ids` existed
+    (a row for every training image) load through here too; a compact state is returned as is."""
+    mask = state["image_mask"].bool()
+    if "image_ids" in state and bool(mask.all()):
+        return state
+    rows = torch.nonzero(mask).flatten()
+    out = dict(state)
+    out["image_ids"] = state["image_ids"][rows] if "image_ids" in state else rows
+    out["image_mask"] = torch.ones(len(rows), dtype=torch.bool)
+    if "appearance.weight" in state:
+        out["appearance.weight"] = state["appearance.weight"][rows]
+    return out

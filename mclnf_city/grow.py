@@ -413,7 +413,8 @@ def prepare_run(store: CityStore, config, datamanager, masks: Dict[int, torch.Te
         return None
     if training:
         dm = datamanager
-        rays = {b: len(dm.block_pixels.get(b, [])) for b in grow["train_order"] if b not in grow["recapture"] and store.status(b) == WAITING}
+        per_block = dm.rays_per_block()
+        rays = {b: per_block.get(b, 0) for b in grow["train_order"] if b not in grow["recapture"] and store.status(b) == WAITING}
         for b, why in too_few_rays(rays, config.min_rays_per_block).items():
             CONSOLE.print(f"[yellow]block {b} skipped: {why}")
             store.set_status(b, EMPTY, reason=why)
@@ -425,7 +426,7 @@ def prepare_run(store: CityStore, config, datamanager, masks: Dict[int, torch.Te
                 if newest is not None:
                     dm.keep_images(b, newest)
                     masks[b] = dm.block_images(b)
-                rays = len(dm.block_pixels[b])
+                rays = dm.rays_per_block()[b]
                 if rays < config.min_rays_per_block and store.status(b) != DONE:
                     raise GrowError(
                         f"block {b}: only {rays} training rays of the newest photos (capture {capture}) cross it "

@@ -30,7 +30,7 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
 
 from mclnf_city import cpu_allocator
-from mclnf_city.fields import BlockField, BlockFieldSpec, resolve_implementation
+from mclnf_city.fields import BlockField, BlockFieldSpec, compact_block_state, resolve_implementation
 from mclnf_city.fisher import exact_fisher, last_layer_fisher
 from mclnf_city.partition import BlockPartition
 from mclnf_city.rendering import composite, route
@@ -92,12 +92,11 @@ class BlockCache:
         if b in self._blocks:
             self._blocks.move_to_end(b)
             return self._blocks[b]
-        state = self.store.load_block(b)
-        # A block keeps the appearance embedding of the capture it was trained on: a grown city's
-        # capture has more images, so the size comes from the block itself. Its random init is
-        # overwritten: build it without touching the stream's random numbers.
+        state = compact_block_state(self.store.load_block(b))
+        # A block keeps the embeddings of its own training images: the size comes from the block
+        # itself. Its random init is overwritten: build it without touching the stream's random numbers.
         with torch.random.fork_rng(devices=[]):
-            module = self.make_field(len(state["image_mask"]))
+            module = self.make_field(len(state["image_ids"]))
         module.load_block_state(state, what=f"block {b} ({self.store.root})")
         self.put(b, freeze(module).to(device))
         return self._blocks[b]

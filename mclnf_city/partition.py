@@ -160,9 +160,12 @@ class BlockPartition:
         hit = t_far > t_near
         return t_near, torch.where(hit, t_far, t_near), hit
 
-    def crossing_mask(self, origins: Tensor, directions: Tensor) -> Tensor:
-        """[N, B] whether each world ray crosses each block's expanded box."""
+    def crossing_mask(self, origins: Tensor, directions: Tensor, blocks: Optional[Sequence[int]] = None) -> Tensor:
+        """[N, B] whether each world ray crosses each block's expanded box (only `blocks`' boxes, in
+        that order, when given)."""
         boxes = self.expanded_boxes().to(origins)
+        if blocks is not None:
+            boxes = boxes[list(blocks)]
         t_near, t_far = ray_box_intersect(self.to_city(origins), self.dirs_to_city(directions), boxes[:, 0], boxes[:, 1])
         return rays_cross(t_near, t_far)
 

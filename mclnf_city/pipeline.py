@@ -66,6 +66,8 @@ class CityPipelineConfig(VanillaPipelineConfig):
     """Blocks crossed by fewer training rays are skipped (marked empty, with a message)."""
     block_eval_max_pixels: int = 40_000
     """Per-block evaluation while streaming (each block's metrics when it finishes and at the end, and the forgetting check) renders the block's test views downscaled to at most this many pixels, so large photos do not make evaluation outweigh training. The city report's test renders stay at full resolution. 0: full resolution."""
+    report_max_pixels: int = 0
+    """The city report renders every test view downscaled to at most this many pixels (0: full resolution); for captures with thousands of test views."""
     store_dir: Optional[Path] = None
     """The block store. Default: <run dir>/city (or the store of the run given with --load-dir)."""
     meta: MetaLearningConfig = field(default_factory=MetaLearningConfig)
@@ -120,9 +122,12 @@ class CityPipeline(VanillaPipeline):
         training = test_mode == "val"  # ns-train; ns-eval/ns-render/ns-export use "test"/"inference"
         self.store = grow.open_store(config, outputs, training)  # CityStore(config.store_dir) unless --pipeline.grow-city
 
-        if training and world_size > 1:  # rank 0 creates the city, the others then read it
-            if self.rank == 0 and not self.store.exists:
-                self._create_city(config, data, outputs, c2w)
+        if training and world_size > 1:  # rank 0 creates the city and its pixel index, the others then read them
+            if self.rank == 0:
+                if not self.store.exists:
+                    self._create_city(config, data, outputs, c2w)
+                else:
+                    self.datamanager.index_pixels(self.store.partition(), self.store.pixels_dir)
             distributed.barrier()
             self.store.refresh()
         if self.store.exists:
@@ -141,8 +146,8 @@ class CityPipeline(VanillaPipeline):
 
         masks: Dict[int, torch.Tensor] = {}
         if training:
-            if not self.datamanager.block_pixels:  # set by _create_city when this process made the city
-                self.datamanager.assign_pixels(partition)
+            if self.datamanager.pixel_index is None:  # set when this process made the city or the index
+                self.datamanager.index_pixels(partition, self.store.pixels_dir, build=world_size == 1)
             masks = {b: self.datamanager.block_images(b) for b in range(partition.num_blocks)}
             if self.rank == 0:
                 images = {b: int(m.sum()) for b, m in masks.items()}
@@ -170,7 +175,7 @@ class CityPipeline(VanillaPipeline):
         self.model.to(device)
         self.stream = BlockStream(order, config.steps_per_block, wave, self.rank, world_size, self.model, self.datamanager)
         self.total_steps = self.stream.total_steps
-        self.report = CityReport(self.model, self.datamanager, partition, self.store, config.block_eval_max_pixels)
+        self.report = CityReport(self.model, self.datamanager, partition, self.store, config.block_eval_max_pixels, config.report_max_pixels)
         if training:
             if config.meta.meta_steps > 0 and not prior.prior_meta(self.store).get("meta_trained"):
                 self.meta_train()
@@ -201,7 +206,7 @@ class CityPipeline(VanillaPipeline):
         picture = self.store.root.parent / "city_bounds.png"
         save_bounds_figure(picture, partition.city_box(), partition.rotation, c2w, points, (partition.x_edges, partition.y_edges))
         CONSOLE.print(f"City box against the cameras and points: {picture}")
-        self.datamanager.assign_pixels(partition)
+        self.datamanager.index_pixels(partition, self.store.pixels_dir)
         empty = too_few_rays(self.datamanager.rays_per_block(), config.min_rays_per_block)
         for b, why in empty.items():
             CONSOLE.print(f"[yellow]block {b} skipped: {why}")
@@ -308,7 +313,7 @@ class CityPipeline(VanillaPipeline):
             metrics = self.report.evaluate_blocks([b]).get(b, {})
             seconds = round(time.time() - self._block_started_at, 2)
             self.store.write_block(
-                b, self.model.active.state_dict(), self.config.steps_per_block, metrics, seconds=seconds, rank=self.rank
+                b, self.model.active.block_state(), self.config.steps_per_block, metrics, seconds=seconds, rank=self.rank
             )
             shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("psnr", "ssim", "lpips_alex"))
             CONSOLE.print(f"[green]block {b} done[/green] and frozen -> {self.store.root} ({shown or 'no test views'})")

@@ -28,9 +28,10 @@ from mclnf_city.store import CityStore, sha256
 class CityReport:
     """Scores the model's blocks on the data manager's test views and writes the report."""
 
-    def __init__(self, model, datamanager, partition: BlockPartition, store: CityStore, block_eval_max_pixels: int):
+    def __init__(self, model, datamanager, partition: BlockPartition, store: CityStore, block_eval_max_pixels: int,
+                 report_max_pixels: int = 0):
         self.model, self.datamanager, self.partition, self.store = model, datamanager, partition, store
-        self.block_eval_max_pixels = block_eval_max_pixels
+        self.block_eval_max_pixels, self.report_max_pixels = block_eval_max_pixels, report_max_pixels
 
     def test_views_by_block(self) -> Dict[int, List[int]]:
         """Test views grouped by the block they look at."""
@@ -112,7 +113,7 @@ class CityReport:
             }
         per_view = []
         for i in range(len(self.datamanager.eval_dataset)):
-            rgb, gt = self.render_test_view(i)
+            rgb, gt = self.render_test_view(i, self.report_max_pixels)
             per_view.append(image_metrics(rgb, gt))
             pair = torch.cat([gt, rgb.clamp(0, 1)], dim=1)
             write_png(report / "renders" / f"test_{i:04d}.png", (pair.cpu().numpy() * 255).round().astype(np.uint8))

@@ -5,6 +5,7 @@ Layout of ``<run>/city/``::
     manifest.json      partition, stream order, per-block status / metrics / checksums
     prior-<sha>.pt     θ_shared, the initialisation every block starts from
     blocks/block_007.pt
+    pixels/            which training pixels each block learns from (`block_pixels.py`)
 
 Every file is written under a new name first and the manifest update that names it is the
 commit point, so a reader holding an older manifest still finds the files it names (the
@@ -108,6 +109,12 @@ class CityStore:
             self.refresh()
             change(self.manifest)
             atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=1).encode())
+
+    @property
+    def pixels_dir(self) -> Path:
+        """The pixel index (`block_pixels.py`): which training pixels each block learns from.
+        Derived from the capture and the partition, so it is rebuilt whenever they differ."""
+        return self.root / "pixels"
 
     # ----- manifest -----
     @property

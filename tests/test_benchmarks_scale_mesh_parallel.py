@@ -46,7 +46,7 @@ def test_bench_scale_smoke(tmp_path):
     assert all(r["warm"]["reads"] == 0 for r in render if r["cache"] == 4)  # the whole city fits: nothing read twice
     assert positive(result["full_preset"]["s_per_step_median"])
     p = result["projection"]
-    for key in ("blocks", "disk_total_tb_now", "gpu_hours_total", "wall_hours_on_gpus", "ram_per_worker_gb_block_sharded"):
+    for key in ("blocks", "disk_total_gb", "pixel_index_disk_tb", "gpu_hours_total", "wall_hours_on_gpus", "ram_per_worker_gb"):
         assert positive(p[key]), (key, p[key])
 
 

@@ -262,7 +262,7 @@ def test_recapture_keeps_the_old_version_in_service_until_the_new_one_is_stored(
     # trained on the newest photos only: its images are capture 2's
     names = [Path(n).name for n in pipeline.datamanager.train_dataset._dataparser_outputs.image_filenames]
     marks = {Path(f["file_path"]).name: f.get("capture", 0) for f in json.loads((recaptured / "transforms.json").read_text())["frames"]}
-    used = torch.nonzero(new_state["image_mask"]).flatten().tolist()
+    used = new_state["image_ids"].tolist()
     assert used and all(marks[names[i]] == 2 for i in used)
     # the other blocks and the base city are untouched
     for other in old_city["done"]:

@@ -107,8 +107,13 @@ def test_block_rays_come_from_the_active_block(trained):
     b = pipeline.stream[0]
     dm.active_block = b
     _, batch = dm.next_train(step=123)
-    flat = dm.offsets[batch["indices"][:, 0]] + batch["indices"][:, 1] * dm.widths[batch["indices"][:, 0]] + batch["indices"][:, 2]
-    assert torch.isin(flat, dm.block_pixels[b]).all()
+    # Every drawn pixel's ray crosses the active block's expanded box.
+    cam, y, x = batch["indices"].T
+    rays = dm.train_ray_generator(batch["indices"])
+    assert pipeline.partition.crossing_mask(rays.origins.double(), rays.directions.double(), blocks=[b]).all()
+    pool = dm.pool(b)
+    owner = pool.images[torch.searchsorted(pool.starts, batch["pool_positions"], right=True) - 1]
+    assert torch.equal(owner, cam) and torch.equal(pool.pixels[batch["pool_positions"]].long(), y * dm.widths[cam] + x)
     _, again = dm.next_train(step=123)
     assert torch.equal(batch["indices"], again["indices"]), "the sample at a step must be reproducible (resume)"
 

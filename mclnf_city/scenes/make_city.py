@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -144,14 +145,37 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
             raise FileExistsError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
 
 
+_JOB: Dict[str, Any] = {}
+"""What the frame renderer needs; set before the worker processes fork, so they inherit it."""
+
+
+def _render_and_save(idx: int) -> Tuple[str, Dict[str, Any]]:
+    """Render frame idx and write its image (and depth map); returns its file name and its points."""
+    job = _JOB
+    opts = job["opts"]
+    # One worker draws the points from one stream in frame order; several draw per frame.
+    rng = job["rng"] if job["workers"] == 1 else np.random.default_rng(np.random.SeedSequence([job["seed"], 4, idx]))
+    r = render_frame(job["city"], job["frames"][idx], want_depth=opts.write_depth, n_points=job["per_frame"], rng=rng)
+    name = f"frame_{idx:05d}"
+    if opts.image_format == "jpg":
+        Image.fromarray(r["rgb"]).save(job["tmp"] / "images" / f"{name}.jpg", quality=95)
+    else:
+        Image.fromarray(r["rgb"]).save(job["tmp"] / "images" / f"{name}.png", compress_level=9)
+    if opts.write_depth:
+        np.save(job["tmp"] / "gt" / "depth" / f"{name}.npy", r["depth"])
+    return f"{name}.{opts.image_format}", {k: r[k] for k in ("points", "colors") if k in r}
+
+
 def generate_city(out: Path, seed: int = 0, *, options: Optional[CityOptions] = None, overwrite: bool = False,
-                  progress: bool = True, verbose: bool = True, command: Optional[str] = None,
+                  progress: bool = True, verbose: bool = True, command: Optional[str] = None, workers: int = 1,
                   **overrides: Any) -> Path:
     """Generate a capture into ``out`` and return it.
 
     ``options`` (or defaults) are updated with ``overrides`` (field names of
     ``CityOptions``).  Output is written to a sibling temp dir and renamed into
-    place at the end, so ``out`` is either absent/old or complete.
+    place at the end, so ``out`` is either absent/old or complete. ``workers`` > 1 renders
+    frames in that many processes; the sparse points are then drawn per frame, so they
+    differ from a one-worker run of the same seed (the images do not).
     """
     opts = dataclasses.replace(options or CityOptions(), **overrides)
     if isinstance(opts.street_headings, (int, float)):
@@ -181,18 +205,21 @@ def generate_city(out: Path, seed: int = 0, *, options: Optional[CityOptions] = 
         pts, cols = [], []
         fx, fy, cx, cy = intrinsics(opts)
         tf_frames, gt_frames = [], []
-        for idx, fr in enumerate(tqdm(frames, desc="rendering", unit="img", disable=not progress)):
-            name = f"frame_{idx:05d}"
-            r = render_frame(city, fr, want_depth=opts.write_depth, n_points=per_frame, rng=rng_pts)
-            Image.fromarray(r["rgb"]).save(tmp / "images" / f"{name}.png", compress_level=9)
-            if opts.write_depth:
-                np.save(tmp / "gt" / "depth" / f"{name}.npy", r["depth"])
+        _JOB.update(city=city, frames=frames, tmp=tmp, opts=opts, per_frame=per_frame, rng=rng_pts, seed=int(seed), workers=workers)
+        if workers > 1:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                rendered = list(tqdm(pool.imap(_render_and_save, range(len(frames)), chunksize=4), total=len(frames),
+                                     desc="rendering", unit="img", disable=not progress))
+        else:
+            rendered = [_render_and_save(i) for i in tqdm(range(len(frames)), desc="rendering", unit="img", disable=not progress)]
+        _JOB.clear()
+        for idx, (fr, (name, r)) in enumerate(zip(frames, rendered)):
             if "points" in r:
                 pts.append(r["points"])
                 cols.append(r["colors"])
-            tf_frames.append(dict(file_path=f"images/{name}.png",
+            tf_frames.append(dict(file_path=f"images/{name}",
                                   transform_matrix=[[float(v) for v in row] for row in fr.c2w]))
-            gt_frames.append(dict(index=idx, file_path=f"images/{name}.png", kind=fr.kind, path_id=fr.path_id,
+            gt_frames.append(dict(index=idx, file_path=f"images/{name}", kind=fr.kind, path_id=fr.path_id,
                                   position=[round(float(v), 6) for v in fr.position],
                                   yaw_deg=round(fr.yaw_deg, 4), pitch_deg=round(fr.pitch_deg, 4)))
 
@@ -335,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("outputs")
     g.add_argument("--num-points", type=int, default=d.num_points, help="points in sparse_pc.ply")
     g.add_argument("--write-depth", action="store_true", help="write gt/depth/*.npy z-depth maps")
+    g.add_argument("--image-format", default=d.image_format, choices=["png", "jpg"], help="image files: png (lossless) or jpg (quality 95, small)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="render frames in this many processes (sparse points then drawn per frame: they differ from one worker's)")
     return p
 
 
@@ -351,7 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = shlex.join(["python", "-m", "mclnf_city.scenes.make_city", *argv_list])
     try:
         generate_city(args.out, args.seed, options=opts, overwrite=args.overwrite, progress=not args.quiet,
-                      verbose=not args.quiet, command=command)
+                      verbose=not args.quiet, command=command, workers=args.workers)
     except FileExistsError as e:
         print(f"mclnf-make-city: error: {e}", file=sys.stderr)
         return 2

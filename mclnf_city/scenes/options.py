@@ -128,6 +128,7 @@ class CityOptions:
     # outputs
     num_points: int = 5000
     write_depth: bool = False
+    image_format: str = "png"
 
     def validate(self) -> None:
         """Raise ValueError with a readable message on any bad value."""
@@ -175,6 +176,7 @@ class CityOptions:
         need(len(self.street_headings) >= 1, "street_headings needs at least one heading")
         need(0.3 <= self.street_height < self.street_width * 10, f"street_height out of range: {self.street_height}")
         need(self.drone or self.street_paths != "none", "no cameras: enable the drone or some street paths")
+        need(self.image_format in ("png", "jpg"), f"image_format must be png or jpg, got {self.image_format!r}")
         need(self.num_points >= 0, f"num_points must be >= 0, got {self.num_points}")
 
     def to_json(self) -> Dict[str, Any]:

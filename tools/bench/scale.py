@@ -238,8 +238,11 @@ def stream_city(args, data: Path, work: Path, sampler: RssSampler) -> Tuple[obje
     k, n = max(1, min(args.max_loaded_blocks, len(pipeline.stream) // 4)), len(pipeline.stream)
     by_position = {"first": step_window(steps, args.steps_per_block, 0, k), "last": step_window(steps, args.steps_per_block, n - k, n)}
     dm = pipeline.datamanager
-    capture_bytes = {"pixel_colours": dm.colors.numel() * dm.colors.element_size(),
-                     "pixel_block_index": sum(p.numel() * p.element_size() for p in dm.block_pixels.values())}
+    index = dm.pixel_index
+    pool_bytes = {b: index.num_pixels(b) * 7 for b in index.blocks}  # int32 pixel id + uint8 RGB per assignment
+    capture_bytes = {"pixels": int((dm.widths * dm.heights).sum()), "pixel_assignments": sum(index.num_pixels(b) for b in index.blocks),
+                     "block_pool_bytes_max": max(pool_bytes.values()), "pools_held_at_end_bytes": sum(p.nbytes for p in dm._pools.values()),
+                     "pixel_index_disk_bytes": sum(f.stat().st_size for f in index.root.iterdir())}
     # RSS after block k, once the cache is full (with a cache as large as the city: the second half,
     # cached blocks included): a straight-line fit, MB per finished block.
     tail = [r for r in blocks if r["index"] >= min(args.max_loaded_blocks, len(blocks) // 2)]
@@ -263,7 +266,7 @@ def stream_city(args, data: Path, work: Path, sampler: RssSampler) -> Tuple[obje
         "block_edge_m": float(part.x_edges[1] - part.x_edges[0]) / scale,
         "train_images": len(dm.train_dataset),
         "test_images": len(dm.eval_dataset),
-        "rays_per_block": {str(b): int(len(p)) for b, p in dm.block_pixels.items()},
+        "rays_per_block": {str(b): n for b, n in dm.rays_per_block().items()},
         "steps_per_block": args.steps_per_block,
         "rays_per_step": args.rays,
         "ray_samples": [config.pipeline.model.num_coarse_samples, config.pipeline.model.num_fine_samples],
@@ -302,7 +305,7 @@ def tensor_groups(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
     """Bytes of a block's state by part: the hash table, the heads, the per-image parts."""
     groups: Dict[str, int] = {}
     for k, v in state.items():
-        g = {"encoding": "hash_grid", "appearance": "appearance_embedding", "image_mask": "image_mask"}.get(k.split(".")[0], "heads_and_geometry")
+        g = {"encoding": "hash_grid", "appearance": "appearance_embedding", "image_mask": "image_index", "image_ids": "image_index"}.get(k.split(".")[0], "heads_and_geometry")
         groups[g] = groups.get(g, 0) + v.numel() * v.element_size()
     return groups
 
@@ -379,11 +382,11 @@ def full_preset_steps(args, data: Path, work: Path) -> Dict:
 
     spec = config.pipeline.model.field
     n_images = len(trainer.pipeline.datamanager.train_dataset)
-    block = tensor_groups(BlockField(spec, n_images).state_dict())
+    block = tensor_groups(BlockField(spec, n_images).block_state())
     return {"preset": "mclnf-city", "rays_per_step": config.pipeline.datamanager.train_num_rays_per_batch,
             "steps_per_block": 2000, "s_per_step_median": statistics.median(times[2:]), "steps_timed": len(times[2:]),
             "block_tensor_bytes": block, "train_images": n_images,
-            "appearance_bytes_per_image": 4 * spec.appearance_embedding_dim + 1}  # float32 embedding + bool mask
+            "appearance_bytes_per_image": 4 * spec.appearance_embedding_dim + 8 + 1}  # float32 embedding, int64 image id, bool mask
 
 
 # ---------------------------------------------------------------------- projection
@@ -404,16 +407,14 @@ def projection(args, stream: Dict, full: Dict) -> Dict:
     fixed = sum(v for k, v in full["block_tensor_bytes"].items() if k in ("hash_grid", "heads_and_geometry"))
     s_step_cpu = full["s_per_step_median"]
     per_image = full["appearance_bytes_per_image"]
-    block_now = fixed + per_image * images  # today every block stores an embedding row for every image of the capture
-    block_own = fixed + per_image * a["images_per_block"]  # if it stored only its own images
+    block_own = fixed + per_image * a["images_per_block"]  # a block stores its own images' embeddings only
     gpu_s_per_block = a["steps_per_block"] * s_step_cpu / args.gpu_speedup
-    # RAM per worker: what this run held while training that is not capture- or cache-sized, plus the
-    # cache and one block's pixels. Not the set-up peak: pixel assignment tests every pixel against
-    # every block (chunk x blocks), which a worker holding one block would not do.
+    # RAM per worker: what this run held while training that is not pixel- or cache-sized, plus the
+    # cache and one block's pixels (int32 id + RGB per pixel that sees it).
     cap = stream["capture_bytes_in_datamanager"]
     training_mb = max(r["rss_mb"] for r in stream["rss_mb"]["after_block"])
-    base_mb = training_mb - (cap["pixel_colours"] + cap["pixel_block_index"]) / MB - args.max_loaded_blocks * stream["disk"]["block_file_mean_bytes"] / MB
-    assignments_per_pixel = cap["pixel_block_index"] / 8 / (cap["pixel_colours"] / 3)  # a pixel's ray crosses this many blocks
+    base_mb = training_mb - cap["pools_held_at_end_bytes"] / MB - args.max_loaded_blocks * stream["disk"]["block_file_mean_bytes"] / MB
+    assignments_per_pixel = cap["pixel_assignments"] / cap["pixels"]  # a pixel's ray crosses this many blocks
     block_pool = args.images_per_block * args.pixels_per_image * assignments_per_pixel  # training pixels of one block
     return {
         "assumptions": a,
@@ -421,15 +422,13 @@ def projection(args, stream: Dict, full: Dict) -> Dict:
                             "non_capture_rss_mb": base_mb, "pixel_block_assignments_per_pixel": assignments_per_pixel},
         "blocks": blocks,
         "images": images,
-        "disk_per_block_mb_now": block_now / MB,
-        "disk_total_tb_now": blocks * block_now / 1e12,
-        "disk_per_block_mb_own_images_only": block_own / MB,
-        "disk_total_gb_own_images_only": blocks * block_own / 1e9,
+        "disk_per_block_mb": block_own / MB,
+        "disk_total_gb": blocks * block_own / 1e9,
+        "pixel_index_disk_tb": images * args.pixels_per_image * assignments_per_pixel * 4 / 1e12,
         "gpu_hours_per_block": gpu_s_per_block / 3600,
         "gpu_hours_total": blocks * gpu_s_per_block / 3600,
         "wall_hours_on_gpus": blocks * gpu_s_per_block / args.gpus / 3600,
-        "ram_per_worker_gb_block_sharded": (base_mb * MB + args.max_loaded_blocks * block_own + block_pool * (3 + 8)) / 1e9,
-        "ram_whole_capture_gb_now": images * args.pixels_per_image * (3 + 8 * assignments_per_pixel) / 1e9,
+        "ram_per_worker_gb": (base_mb * MB + args.max_loaded_blocks * block_own + block_pool * (3 + 4)) / 1e9,
     }
 
 
@@ -475,8 +474,8 @@ def print_tables(result: Dict) -> None:
     a = p["assumptions"]
     print(f"\nprojection to {a['area_km2']} km2 ({a['block_edge_m']} m blocks, GPU = {a['gpu_speedup_vs_this_cpu']}x this CPU, {a['gpus']} GPUs):")
     print(f"  {p['blocks']:,} blocks, {p['gpu_hours_total']:,.0f} GPU-hours ({p['wall_hours_on_gpus']:.1f} h on {a['gpus']} GPUs), "
-          f"disk {p['disk_total_tb_now']:.2f} TB today / {p['disk_total_gb_own_images_only']:.0f} GB with per-block embeddings, "
-          f"RAM per worker {p['ram_per_worker_gb_block_sharded']:.1f} GB if sharded by block (whole capture today: {p['ram_whole_capture_gb_now']:,.0f} GB)")
+          f"blocks on disk {p['disk_total_gb']:.0f} GB, pixel index {p['pixel_index_disk_tb']:.1f} TB, "
+          f"RAM per worker {p['ram_per_worker_gb']:.1f} GB (the largest block's pixels, the cache, the rest)")
 
 
 def main() -> None:

@@ -1,0 +1,276 @@
+"""Which training pixels each block learns from, computed once and kept with the city.
+
+A pixel belongs to a block when its ray crosses the block's expanded box. The assignment
+is built one image at a time (set-up memory is one image's rays, whatever the capture) and
+written to ``<store>/pixels/``::
+
+    index.json         fingerprint of the capture and partition; per block its images and counts
+    block_007.i32      the block's pixel ids (y * width + x), image after image, little-endian int32
+
+A block's pool (`BlockPool`) is read when the block starts: its pixel ids, and the colours
+of those pixels from the images that see the block. Memory while training is bounded by the
+largest block, not by the capture. A resumed run, a second process and a grown city reuse
+the index when the fingerprint matches (same training cameras and images, same partition);
+otherwise it is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.progress import track
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import CameraType
+
+from mclnf_city.capture import CaptureError, load_image_uint8
+from mclnf_city.files import atomic_write_bytes, publish, staging_dir
+from mclnf_city.partition import BlockPartition
+
+INDEX_VERSION = 1
+
+
+class PixelIndexError(RuntimeError):
+    """A block's pixel file is missing, truncated or does not fit the capture."""
+
+
+@dataclass
+class TrainImages:
+    """The training images as the pixel index sees them."""
+
+    paths: List[Path]
+    widths: Tensor
+    """[N] int64"""
+    heights: Tensor
+    """[N] int64"""
+    scale_factor: float = 1.0
+
+    def check_sizes(self) -> None:
+        """Every image file's size (from its header) matches its camera's, before any training."""
+        for i, path in enumerate(self.paths):
+            w, h = int(self.widths[i]), int(self.heights[i])
+            try:
+                with Image.open(path) as im:
+                    size = (int(im.size[0] * self.scale_factor), int(im.size[1] * self.scale_factor))
+            except FileNotFoundError:
+                raise CaptureError(f"{path}: image file missing") from None
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+                raise CaptureError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+            if size != (w, h):
+                raise CaptureError(f"{path}: image is {size[0]}x{size[1]} but its camera says {w}x{h}")
+
+    def load(self, i: int) -> Tensor:
+        """Image i as [H * W, 3] uint8."""
+        img = load_image_uint8(self.paths[i], self.scale_factor)
+        h, w = int(self.heights[i]), int(self.widths[i])
+        if img.shape[:2] != (h, w):
+            raise CaptureError(f"{self.paths[i]}: image is {img.shape[1]}x{img.shape[0]} but its camera says {w}x{h}")
+        return img.reshape(-1, 3)
+
+
+@dataclass
+class BlockPool:
+    """The training pixels of one block, in a fixed order (image, then pixel id)."""
+
+    block: int
+    images: Tensor
+    """[K] int64 training image ids, ascending"""
+    starts: Tensor
+    """[K + 1] int64: image k's pixels are pixels[starts[k]:starts[k + 1]]"""
+    pixels: Tensor
+    """[P] int32 pixel ids y * width + x"""
+    colors: Tensor
+    """[P, 3] uint8"""
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def indices(self, positions: Tensor, widths: Tensor) -> Tensor:
+        """Pool positions [N] -> [N, 3] (camera, y, x), as nerfstudio's RayGenerator takes them."""
+        cam = self.images[torch.searchsorted(self.starts, positions, right=True) - 1]
+        local = self.pixels[positions].long()
+        w = widths[cam]
+        return torch.stack([cam, local // w, local % w], dim=-1)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.images, self.starts, self.pixels, self.colors))
+
+
+def candidate_windows(partition: BlockPartition, cameras, i: int) -> Dict[int, Tuple[int, int, int, int]]:
+    """Per block, a pixel window (x0, x1, y0, y1) of camera i outside which no ray crosses the
+    block's expanded box; blocks wholly behind the camera are left out.
+
+    A pinhole camera sees a box that lies in front of it inside the bounding rectangle of its
+    projected corners (grown by two pixels against rounding). A box reaching behind the camera
+    plane, or a camera with lens distortion or of another model, gets the whole image.
+    """
+    w, h = int(cameras.width[i]), int(cameras.height[i])
+    whole = (0, w, 0, h)
+    boxes = partition.expanded_boxes()  # [B, 2, 3] city frame
+    corners = torch.stack([boxes[:, [ix, iy, iz], [0, 1, 2]] for ix in (0, 1) for iy in (0, 1) for iz in (0, 1)], dim=1)
+    world = corners @ partition.rotation.double() + partition.origin.double()  # [B, 8, 3]
+    c2w = cameras.camera_to_worlds[i].double()
+    cam = (world - c2w[:, 3]) @ c2w[:, :3]  # camera frame: x right, y up, looking down -z
+    distortion = cameras.distortion_params
+    pinhole = int(cameras.camera_type[i]) == CameraType.PERSPECTIVE.value and (distortion is None or not bool((distortion[i] != 0).any()))
+    fx, fy, cx, cy = (float(t[i]) for t in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
+    windows: Dict[int, Tuple[int, int, int, int]] = {}
+    for b in range(len(boxes)):
+        z = cam[b, :, 2]
+        if bool((z >= 0).all()):
+            continue  # behind the camera: no forward ray reaches it
+        if not pinhole or bool((z > -1e-9).any()):
+            windows[b] = whole
+            continue
+        u = cx + fx * cam[b, :, 0] / -z  # pixel x + 0.5
+        v = cy + fy * cam[b, :, 1] / z  # pixel y + 0.5 (image y points down)
+        x0, x1 = max(0, math.floor(float(u.min()) - 0.5) - 2), min(w, math.ceil(float(u.max()) - 0.5) + 3)
+        y0, y1 = max(0, math.floor(float(v.min()) - 0.5) - 2), min(h, math.ceil(float(v.max()) - 0.5) + 3)
+        if x0 < x1 and y0 < y1:
+            windows[b] = (x0, x1, y0, y1)
+    return windows
+
+
+def fingerprint(cameras, image_paths: Sequence[Path], partition: BlockPartition) -> str:
+    """What the assignment depends on: the training cameras, their images and the block boxes."""
+    h = hashlib.sha256(f"v{INDEX_VERSION}".encode())
+    for p in image_paths:
+        h.update(str(p).encode() + b"\0")
+    for t in (cameras.camera_to_worlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy, cameras.width, cameras.height,
+              cameras.camera_type, cameras.distortion_params if cameras.distortion_params is not None else torch.zeros(1)):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for t in (partition.rotation, partition.origin, partition.expanded_boxes()):
+        h.update(t.detach().cpu().double().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class PixelIndex:
+    """Per block: the training images that see it, how many of their pixels, and the pixel file."""
+
+    def __init__(self, root: Path, index: Dict):
+        self.root, self._index = Path(root), index
+        self.blocks: Dict[int, Dict] = {int(b): e for b, e in index["blocks"].items()}
+
+    @property
+    def fingerprint(self) -> str:
+        return self._index["fingerprint"]
+
+    def images(self, b: int) -> Tensor:
+        return torch.tensor(self.blocks[b]["images"], dtype=torch.long)
+
+    def counts(self, b: int) -> Tensor:
+        return torch.tensor(self.blocks[b]["counts"], dtype=torch.long)
+
+    def num_pixels(self, b: int) -> int:
+        return int(self.blocks[b]["pixels"])
+
+    @classmethod
+    def open(cls, root: Path) -> Optional["PixelIndex"]:
+        """The index at `root`, or None when there is none (or it is not readable: it is rebuilt)."""
+        path = Path(root) / "index.json"
+        if not path.exists():
+            return None
+        try:
+            index = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+        if index.get("version") != INDEX_VERSION:
+            return None
+        return cls(root, index)
+
+    @classmethod
+    def build(cls, root: Path, partition: BlockPartition, cameras, train: TrainImages, fp: str, chunk: int) -> "PixelIndex":
+        """Assign every training pixel to the blocks its ray crosses, image by image, writing
+        each block's pixel ids to its file as they come (staged, then published at once).
+
+        Each ray is tested exactly (`BlockPartition.crossing_mask`); only the pixels of a
+        window that surely holds every crossing ray are tested (`candidate_windows`)."""
+        from nerfstudio.model_components.ray_generators import RayGenerator
+
+        root = Path(root)
+        staged = staging_dir(root)
+        nb = partition.num_blocks
+        generator = RayGenerator(cameras)
+        files = [open(staged / f"block_{b:03d}.i32", "wb") for b in range(nb)]
+        images: List[List[int]] = [[] for _ in range(nb)]
+        counts: List[List[int]] = [[] for _ in range(nb)]
+        try:
+            for i in track(range(len(train.paths)), description="Assigning pixels to blocks", transient=True):
+                w = int(train.widths[i])
+                for b, (x0, x1, y0, y1) in sorted(candidate_windows(partition, cameras, i).items()):
+                    mask = torch.zeros(int(train.heights[i]) * w, dtype=torch.bool)  # one block's at a time
+                    rows = max(1, chunk // (x1 - x0))
+                    for r0 in range(y0, y1, rows):
+                        yy, xx = torch.meshgrid(torch.arange(r0, min(r0 + rows, y1)), torch.arange(x0, x1), indexing="ij")
+                        local = (yy * w + xx).flatten()
+                        idx = torch.stack([torch.full_like(local, i), local // w, local % w], dim=-1)
+                        rays = generator(idx)
+                        mask[local] = partition.crossing_mask(rays.origins.double(), rays.directions.double(), blocks=[b])[:, 0]
+                    if not mask.any():
+                        continue
+                    ids = torch.nonzero(mask).flatten().to(torch.int32).numpy().astype("<i4")
+                    files[b].write(ids.tobytes())
+                    images[b].append(i)
+                    counts[b].append(len(ids))
+        finally:
+            for f in files:
+                f.close()
+        index = {
+            "version": INDEX_VERSION,
+            "fingerprint": fp,
+            "blocks": {
+                str(b): {"file": f"block_{b:03d}.i32", "images": images[b], "counts": counts[b], "pixels": int(sum(counts[b]))}
+                for b in range(nb)
+            },
+        }
+        atomic_write_bytes(staged / "index.json", json.dumps(index).encode())
+        publish(staged, root, overwrite=True)
+        return cls(root, index)
+
+    def read_pixels(self, b: int, train: TrainImages) -> Tensor:
+        """Block b's pixel ids [P] int32, checked against the index and the image sizes."""
+        entry = self.blocks[b]
+        path = self.root / Path(entry["file"]).name  # a name, never a path out of the index's folder
+        if not path.exists():
+            raise PixelIndexError(f"{path}: pixel file of block {b} missing")
+        pixels = torch.from_numpy(np.fromfile(path, dtype="<i4").astype(np.int32, copy=False))
+        counts = self.counts(b)
+        if len(pixels) != int(counts.sum()):
+            raise PixelIndexError(f"{path}: holds {len(pixels)} pixel ids, its index says {int(counts.sum())}")
+        images = self.images(b)
+        if len(pixels) and (bool((images < 0).any()) or bool((images >= len(train.paths)).any())):
+            raise PixelIndexError(f"{self.root / 'index.json'}: block {b} names images outside the capture")
+        limit = torch.repeat_interleave((train.widths * train.heights)[images], counts)
+        if len(pixels) and bool(((pixels < 0) | (pixels.long() >= limit)).any()):
+            raise PixelIndexError(f"{path}: pixel ids outside their images")
+        return pixels
+
+    def load_pool(self, b: int, train: TrainImages, keep: Optional[Tensor] = None) -> BlockPool:
+        """Block b's pixel ids and their colours, read from its images now (only the images in
+        `keep`, when given)."""
+        pixels, images, counts = self.read_pixels(b, train), self.images(b), self.counts(b)
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+        chosen = torch.ones(len(images), dtype=torch.bool) if keep is None else torch.isin(images, keep)
+        parts, colors, sizes = [], [], []
+        for k in track(torch.nonzero(chosen).flatten().tolist(), description=f"Reading block {b}'s images", transient=True):
+            ids = pixels[starts[k] : starts[k + 1]]
+            parts.append(ids)
+            colors.append(train.load(int(images[k]))[ids.long()])
+            sizes.append(len(ids))
+        kept = images[chosen]
+        return BlockPool(
+            block=b,
+            images=kept,
+            starts=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(torch.tensor(sizes, dtype=torch.long), 0)]),
+            pixels=torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32),
+            colors=torch.cat(colors) if colors else torch.zeros(0, 3, dtype=torch.uint8),
+        )
