@@ -158,9 +158,9 @@ class CityDataManager(VanillaDataManager):
     # ----- sampling -----
     def next_train(self, step: int) -> Tuple[RayBundle, Dict]:
         """Rays of the active block's draw number `step` (the pipeline passes the step within the block)."""
-        if self.active_block is None:
-            raise RuntimeError("no active block: training rays come from the block the stream is on")
         self.train_count += 1
+        if self.active_block is None:
+            return self._any_training_rays()
         pool = self.pool(self.active_block)
         buffer = self._score_buffer()
         if buffer is not None:
@@ -170,6 +170,25 @@ class CityDataManager(VanillaDataManager):
             positions = self.train_pixel_sampler.sample(len(pool), self.active_block, step)
         indices = pool.indices(positions, self.widths)
         batch = {"image": pool.colors[positions].float().div_(255.0).to(self.device), "indices": indices, "pool_positions": positions}
+        return self.train_ray_generator(indices.to(self.device)), batch
+
+    def _any_training_rays(self) -> Tuple[RayBundle, Dict]:
+        """No stream running (`ns-export pointcloud`, inspection): rays of up to 16 training images
+        drawn at random, a new draw every call, read from disk (nothing of the capture is kept)."""
+        gen = self.train_pixel_sampler.generator(None, self.train_count)
+        n = self.train_pixel_sampler.num_rays_per_batch
+        images = torch.randperm(len(self.widths), generator=gen)[:16]
+        sizes = (self.widths * self.heights)[images]
+        which = torch.multinomial(sizes.double(), n, replacement=True, generator=gen)
+        local = (torch.rand(n, generator=gen, dtype=torch.float64) * sizes[which]).long()
+        cam, w = images[which], self.widths[images[which]]
+        colors = torch.zeros(n, 3, dtype=torch.uint8)
+        for k, i in enumerate(images.tolist()):
+            picked = which == k
+            if picked.any():
+                colors[picked] = self.train_images.load(i)[local[picked]]
+        indices = torch.stack([cam, local // w, local % w], dim=-1)
+        batch = {"image": colors.float().div_(255.0).to(self.device), "indices": indices}
         return self.train_ray_generator(indices.to(self.device)), batch
 
     def _score_buffer(self) -> Optional[ScoreBuffer]:

@@ -150,3 +150,19 @@ def test_a_block_file_holds_only_its_own_images_embeddings():
     rows = frozen._embedding(cams, 3, x[:3])
     assert torch.equal(rows[0], stored["appearance.weight"][1]) and torch.equal(rows[1], stored["appearance.weight"][2])
     assert torch.allclose(rows[2], stored["appearance.weight"].mean(0))
+
+
+def test_without_a_stream_rays_come_from_the_photos_and_change_every_call(loads):
+    """`ns-export pointcloud` asks for training rays with no block active (always at step 0)."""
+    trainer, _, _ = loads
+    dm = trainer.pipeline.datamanager
+    before, dm.active_block = dm.active_block, None
+    try:
+        _, first = dm.next_train(0)
+        _, second = dm.next_train(0)
+    finally:
+        dm.active_block = before
+    assert not torch.equal(first["indices"], second["indices"])
+    cam, y, x = first["indices"].T
+    expected = torch.stack([dm.train_images.load(int(c))[int(yy) * int(dm.widths[c]) + int(xx)] for c, yy, xx in zip(cam, y, x)])
+    assert torch.equal((first["image"] * 255).round().to(torch.uint8), expected)
