@@ -7,7 +7,8 @@
    stops every `--street-step` m, `--image-size`, JPEG), rendered by `--workers` processes.
    Reused when `<work>/capture` already holds one made with the same options.
 2. mclnf-city: the `mclnf-city-tiny` preset, `--pipeline.grid G G`, `--steps-per-block` steps of
-   `--rays` rays per block, every `--eval-interval`-th image a test view, in a worker process.
+   `--rays` rays per block, every `--eval-interval`-th image a test view (rendered at most
+   `--eval-max-pixels` large), in a worker process.
    Measured: the worker's peak RSS (the kernel's `ru_maxrss`), set-up time (the pixel index
    included), each block's pixel-load time and pixels, seconds per step, the report's time,
    and disk per block (block file, pixel file).
@@ -76,7 +77,7 @@ def worker_mclnf(args) -> None:
     data, work = Path(args.data), Path(args.work_dir)
     config = preset_config("mclnf-city-tiny", data, work / "runs", args.steps_per_block, args.rays, grid=tuple(args.grid))
     config.pipeline.datamanager.dataparser.eval_interval = args.eval_interval
-    config.pipeline.report_max_pixels = args.report_max_pixels
+    config.pipeline.report_max_pixels = config.pipeline.block_eval_max_pixels = args.eval_max_pixels
     if args.ray_samples:
         config.pipeline.model.num_coarse_samples, config.pipeline.model.num_fine_samples = args.ray_samples
     config.steps_per_save = 1_000_000_000
@@ -183,7 +184,7 @@ def main() -> None:
     p.add_argument("--rays", type=int, default=1024)
     p.add_argument("--ray-samples", type=int, nargs=2, default=None)
     p.add_argument("--eval-interval", type=int, default=100, help="every Nth image is a test view")
-    p.add_argument("--report-max-pixels", type=int, default=40_000)
+    p.add_argument("--eval-max-pixels", type=int, default=10_000, help="test views (per block and in the report) rendered at most this large")
     p.add_argument("--nerfacto", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--nerfacto-steps", type=int, default=2)
     p.add_argument("--nerfacto-cap-gb", type=float, default=18.0)
@@ -193,7 +194,7 @@ def main() -> None:
     p.add_argument("--work-dir", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = parse_args(p, city_blocks=1, street_step=40.0, image_size=[40, 30], workers=1, grid=[2, 2], steps_per_block=2,
-                      rays=64, ray_samples=[8, 8], eval_interval=8, report_max_pixels=0, nerfacto_steps=1, nerfacto_cap_gb=8.0,
+                      rays=64, ray_samples=[8, 8], eval_interval=8, eval_max_pixels=0, nerfacto_steps=1, nerfacto_cap_gb=8.0,
                       out=Path("/tmp/mclnf_bench_memory_smoke.json"), work=Path("/tmp/mclnf_bench_memory_smoke"))
     if args.worker:
         worker_mclnf(args)
@@ -209,7 +210,7 @@ def main() -> None:
     run.mkdir(exist_ok=True)
     cmd = [sys.executable, __file__, "--worker", "--data", str(data), "--work-dir", str(run), "--result", str(run / "result.json"),
            "--grid", *map(str, args.grid), "--steps-per-block", str(args.steps_per_block), "--rays", str(args.rays),
-           "--eval-interval", str(args.eval_interval), "--report-max-pixels", str(args.report_max_pixels)]
+           "--eval-interval", str(args.eval_interval), "--eval-max-pixels", str(args.eval_max_pixels)]
     if args.ray_samples:
         cmd += ["--ray-samples", *map(str, args.ray_samples)]
     status, usage = run_to_log(cmd, dict(os.environ, PYTHONWARNINGS="ignore"), run / "log.txt")
