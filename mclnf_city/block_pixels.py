@@ -123,18 +123,19 @@ def candidate_windows(partition: BlockPartition, cameras, i: int) -> Dict[int, T
     distortion = cameras.distortion_params
     pinhole = int(cameras.camera_type[i]) == CameraType.PERSPECTIVE.value and (distortion is None or not bool((distortion[i] != 0).any()))
     fx, fy, cx, cy = (float(t[i]) for t in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
+    z = cam[..., 2]  # [B, 8]
+    u = (cx + fx * cam[..., 0] / -z).tolist()  # pixel x + 0.5
+    v = (cy + fy * cam[..., 1] / z).tolist()  # pixel y + 0.5 (image y points down)
+    behind, reaches_back = (z >= 0).all(1).tolist(), (z > -1e-9).any(1).tolist()
     windows: Dict[int, Tuple[int, int, int, int]] = {}
     for b in range(len(boxes)):
-        z = cam[b, :, 2]
-        if bool((z >= 0).all()):
+        if behind[b]:
             continue  # behind the camera: no forward ray reaches it
-        if not pinhole or bool((z > -1e-9).any()):
+        if not pinhole or reaches_back[b]:
             windows[b] = whole
             continue
-        u = cx + fx * cam[b, :, 0] / -z  # pixel x + 0.5
-        v = cy + fy * cam[b, :, 1] / z  # pixel y + 0.5 (image y points down)
-        x0, x1 = max(0, math.floor(float(u.min()) - 0.5) - 2), min(w, math.ceil(float(u.max()) - 0.5) + 3)
-        y0, y1 = max(0, math.floor(float(v.min()) - 0.5) - 2), min(h, math.ceil(float(v.max()) - 0.5) + 3)
+        x0, x1 = max(0, math.floor(min(u[b]) - 0.5) - 2), min(w, math.ceil(max(u[b]) - 0.5) + 3)
+        y0, y1 = max(0, math.floor(min(v[b]) - 0.5) - 2), min(h, math.ceil(max(v[b]) - 0.5) + 3)
         if x0 < x1 and y0 < y1:
             windows[b] = (x0, x1, y0, y1)
     return windows

@@ -240,15 +240,20 @@ class BlockField(nn.Module):
 
     def _embedding(self, camera_indices: Optional[Tensor], n: int, like: Tensor) -> Tensor:
         assert self.appearance is not None
-        # Unseen (test) views get the mean embedding of the block's own training images.
+        if self.training and camera_indices is not None and len(self.image_ids):
+            cams = camera_indices.long()
+            rows = torch.searchsorted(self.image_ids, cams).clamp(max=len(self.image_ids) - 1)
+            own = self.image_ids[rows] == cams
+            if bool(own.all()):  # the active slot: a row for every training image
+                return self.appearance(rows).to(like)
+            return torch.where(own[:, None], self.appearance(rows), self._mean_embedding()).to(like)
+        return self._mean_embedding().to(like).expand(n, -1)
+
+    def _mean_embedding(self) -> Tensor:
+        """What unseen (test) views get: the mean embedding of the block's own training images."""
+        assert self.appearance is not None
         mask = self.image_mask
-        mean = self.appearance.weight[mask].mean(0) if mask.any() else self.appearance.weight.new_zeros(self.appearance.embedding_dim)
-        if not (self.training and camera_indices is not None) or len(self.image_ids) == 0:
-            return mean.to(like).expand(n, -1)
-        cams = camera_indices.long()
-        rows = torch.searchsorted(self.image_ids, cams).clamp(max=len(self.image_ids) - 1)
-        own = self.image_ids[rows] == cams
-        return torch.where(own[:, None], self.appearance(rows), mean).to(like)
+        return self.appearance.weight[mask].mean(0) if mask.any() else self.appearance.weight.new_zeros(self.appearance.embedding_dim)
 
     # ----- prior (θ_shared) -----
     # The per-image appearance embedding belongs to a capture, not to the prior: it is left
