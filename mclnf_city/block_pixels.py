@@ -4,8 +4,13 @@ A pixel belongs to a block when its ray crosses the block's expanded box. The as
 is built one image at a time (set-up memory is one image's rays, whatever the capture) and
 written to ``<store>/pixels/``::
 
-    index.json         fingerprint of the capture and partition; per block its images and counts
-    block_007.i32      the block's pixel ids (y * width + x), image after image, little-endian int32
+    index.json         fingerprint of the capture and partition; per block its images, and per
+                       image its pixel and run counts
+    block_007.runs     the block's pixels as runs (first pixel id y * width + x, length) of
+                       consecutive ids, image after image, little-endian int32 pairs
+
+A block's box projects to a convex region of a pinhole image, so an image holds about one run
+per row of the block's window: the index costs bytes per row, not per pixel.
 
 A block's pool (`BlockPool`) is read when the block starts: its pixel ids, and the colours
 of those pixels from the images that see the block. Memory while training is bounded by the
@@ -35,7 +40,7 @@ from mclnf_city.capture import CaptureError, load_image_uint8
 from mclnf_city.files import atomic_write_bytes, publish, staging_dir
 from mclnf_city.partition import BlockPartition
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
 class PixelIndexError(RuntimeError):
@@ -141,6 +146,19 @@ def candidate_windows(partition: BlockPartition, cameras, i: int) -> Dict[int, T
     return windows
 
 
+def mask_to_runs(mask: Tensor) -> Tuple[Tensor, Tensor]:
+    """Flat bool mask -> runs of consecutive True ids: (first id, length), both [R] int64."""
+    edges = torch.diff(torch.nn.functional.pad(mask.to(torch.int8), (1, 1)))
+    first, end = torch.nonzero(edges == 1).flatten(), torch.nonzero(edges == -1).flatten()
+    return first, end - first
+
+
+def runs_to_ids(first: Tensor, length: Tensor) -> Tensor:
+    """Runs (first id, length) -> the ids they cover, in order, [sum(length)] int64."""
+    offsets = torch.cumsum(length, 0) - length
+    return torch.arange(int(length.sum())) + torch.repeat_interleave(first - offsets, length)
+
+
 def fingerprint(cameras, image_paths: Sequence[Path], partition: BlockPartition) -> str:
     """What the assignment depends on: the training cameras, their images and the block boxes."""
     h = hashlib.sha256(f"v{INDEX_VERSION}".encode())
@@ -171,6 +189,9 @@ class PixelIndex:
     def counts(self, b: int) -> Tensor:
         return torch.tensor(self.blocks[b]["counts"], dtype=torch.long)
 
+    def runs(self, b: int) -> Tensor:
+        return torch.tensor(self.blocks[b]["runs"], dtype=torch.long)
+
     def num_pixels(self, b: int) -> int:
         return int(self.blocks[b]["pixels"])
 
@@ -191,7 +212,7 @@ class PixelIndex:
     @classmethod
     def build(cls, root: Path, partition: BlockPartition, cameras, train: TrainImages, fp: str, chunk: int) -> "PixelIndex":
         """Assign every training pixel to the blocks its ray crosses, image by image, writing
-        each block's pixel ids to its file as they come (staged, then published at once).
+        each block's pixel runs to its file as they come (staged, then published at once).
 
         Each ray is tested exactly (`BlockPartition.crossing_mask`); only the pixels of a
         window that surely holds every crossing ray are tested (`candidate_windows`)."""
@@ -201,9 +222,10 @@ class PixelIndex:
         staged = staging_dir(root)
         nb = partition.num_blocks
         generator = RayGenerator(cameras)
-        files = [open(staged / f"block_{b:03d}.i32", "wb") for b in range(nb)]
+        files = [open(staged / f"block_{b:03d}.runs", "wb") for b in range(nb)]
         images: List[List[int]] = [[] for _ in range(nb)]
         counts: List[List[int]] = [[] for _ in range(nb)]
+        runs: List[List[int]] = [[] for _ in range(nb)]
         try:
             for i in track(range(len(train.paths)), description="Assigning pixels to blocks", transient=True):
                 w = int(train.widths[i])
@@ -218,10 +240,11 @@ class PixelIndex:
                         mask[local] = partition.crossing_mask(rays.origins.double(), rays.directions.double(), blocks=[b])[:, 0]
                     if not mask.any():
                         continue
-                    ids = torch.nonzero(mask).flatten().to(torch.int32).numpy().astype("<i4")
-                    files[b].write(ids.tobytes())
+                    first, length = mask_to_runs(mask)
+                    files[b].write(torch.stack([first, length], 1).to(torch.int32).numpy().astype("<i4").tobytes())
                     images[b].append(i)
-                    counts[b].append(len(ids))
+                    counts[b].append(int(length.sum()))
+                    runs[b].append(len(first))
         finally:
             for f in files:
                 f.close()
@@ -229,7 +252,8 @@ class PixelIndex:
             "version": INDEX_VERSION,
             "fingerprint": fp,
             "blocks": {
-                str(b): {"file": f"block_{b:03d}.i32", "images": images[b], "counts": counts[b], "pixels": int(sum(counts[b]))}
+                str(b): {"file": f"block_{b:03d}.runs", "images": images[b], "counts": counts[b], "runs": runs[b],
+                         "pixels": int(sum(counts[b]))}
                 for b in range(nb)
             },
         }
@@ -243,17 +267,20 @@ class PixelIndex:
         path = self.root / Path(entry["file"]).name  # a name, never a path out of the index's folder
         if not path.exists():
             raise PixelIndexError(f"{path}: pixel file of block {b} missing")
-        pixels = torch.from_numpy(np.fromfile(path, dtype="<i4").astype(np.int32, copy=False))
-        counts = self.counts(b)
-        if len(pixels) != int(counts.sum()):
-            raise PixelIndexError(f"{path}: holds {len(pixels)} pixel ids, its index says {int(counts.sum())}")
-        images = self.images(b)
-        if len(pixels) and (bool((images < 0).any()) or bool((images >= len(train.paths)).any())):
+        pairs = np.fromfile(path, dtype="<i4").astype(np.int32, copy=False)
+        runs, counts, images = self.runs(b), self.counts(b), self.images(b)
+        if len(pairs) != 2 * int(runs.sum()):
+            raise PixelIndexError(f"{path}: holds {len(pairs) / 2:g} pixel runs, its index says {int(runs.sum())}")
+        if len(images) and (bool((images < 0).any()) or bool((images >= len(train.paths)).any())):
             raise PixelIndexError(f"{self.root / 'index.json'}: block {b} names images outside the capture")
-        limit = torch.repeat_interleave((train.widths * train.heights)[images], counts)
-        if len(pixels) and bool(((pixels < 0) | (pixels.long() >= limit)).any()):
-            raise PixelIndexError(f"{path}: pixel ids outside their images")
-        return pixels
+        first, length = torch.from_numpy(pairs.reshape(-1, 2)).long().unbind(1)
+        limit = torch.repeat_interleave((train.widths * train.heights)[images], runs)
+        if bool(((first < 0) | (length < 1) | (first + length > limit)).any()):
+            raise PixelIndexError(f"{path}: pixel runs outside their images")
+        per_image = torch.zeros(len(images), dtype=torch.long).index_add_(0, torch.repeat_interleave(torch.arange(len(images)), runs), length)
+        if not torch.equal(per_image, counts):
+            raise PixelIndexError(f"{path}: pixel runs do not add up to the counts in its index")
+        return runs_to_ids(first, length).to(torch.int32)
 
     def load_pool(self, b: int, train: TrainImages, keep: Optional[Tensor] = None) -> BlockPool:
         """Block b's pixel ids and their colours, read from its images now (only the images in

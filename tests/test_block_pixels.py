@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_trainer_config
-from mclnf_city.block_pixels import PixelIndex, PixelIndexError, TrainImages, candidate_windows
+from mclnf_city.block_pixels import PixelIndex, PixelIndexError, TrainImages, candidate_windows, mask_to_runs, runs_to_ids
 from mclnf_city.fields import BlockField, BlockFieldSpec, compact_block_state
 
 
@@ -102,7 +102,7 @@ def test_the_index_is_reused_rebuilt_when_stale_and_refused_when_damaged(loads, 
         dm.index_pixels(partition.__class__.from_dict({**partition.to_dict(), "overlap": partition.overlap * 2}), root, build=False)
 
     b = pipeline.stream[0]
-    path = root / f"block_{b:03d}.i32"
+    path = root / f"block_{b:03d}.runs"
     good = path.read_bytes()
     try:
         path.write_bytes(good[:-4])
@@ -113,8 +113,23 @@ def test_the_index_is_reused_rebuilt_when_stale_and_refused_when_damaged(loads, 
         path.write_bytes(bad.tobytes())
         with pytest.raises(PixelIndexError, match="outside their images"):
             PixelIndex.open(root).read_pixels(b, dm.train_images)
+        bad = np.frombuffer(good, dtype="<i4").copy()
+        k = 2 * int(np.argmax(bad[1::2] > 1)) + 1
+        bad[k] -= 1  # one run a pixel shorter: the counts no longer add up
+        path.write_bytes(bad.tobytes())
+        with pytest.raises(PixelIndexError, match="do not add up"):
+            PixelIndex.open(root).read_pixels(b, dm.train_images)
     finally:
         path.write_bytes(good)
+
+
+def test_pixel_runs_round_trip():
+    torch.manual_seed(0)
+    for mask in (torch.rand(1000) < 0.5, torch.zeros(7, dtype=torch.bool), torch.ones(7, dtype=torch.bool),
+                 torch.tensor([True, False, True, True, False, False, True])):
+        first, length = mask_to_runs(mask)
+        assert bool((length > 0).all())
+        assert torch.equal(runs_to_ids(first, length), torch.nonzero(mask).flatten())
 
 
 def test_a_block_file_holds_only_its_own_images_embeddings():
