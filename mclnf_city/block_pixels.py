@@ -110,39 +110,57 @@ class BlockPool:
         return sum(t.numel() * t.element_size() for t in (self.images, self.starts, self.pixels, self.colors))
 
 
-def candidate_windows(partition: BlockPartition, cameras, i: int) -> Dict[int, Tuple[int, int, int, int]]:
-    """Per block, a pixel window (x0, x1, y0, y1) of camera i outside which no ray crosses the
-    block's expanded box; blocks wholly behind the camera are left out.
+_BOX_EDGES = [(a, a | bit) for bit in (1, 2, 4) for a in range(8) if not a & bit]
+"""The 12 edges of a box whose 8 corners are numbered by bits (x, y, z)."""
 
-    A pinhole camera sees a box that lies in front of it inside the bounding rectangle of its
-    projected corners (grown by two pixels against rounding). A box reaching behind the camera
-    plane, or a camera with lens distortion or of another model, gets the whole image.
+
+def candidate_windows(partition: BlockPartition, cameras, i: int, boxes: Optional[Tensor] = None) -> Dict[int, Tuple[int, int, int, int]]:
+    """Per block, a pixel window (x0, x1, y0, y1) of camera i outside which no ray crosses the
+    block's expanded box; blocks no ray of the camera reaches are left out.
+
+    A ray that crosses a box meets it at a point in front of the camera, and projects to that
+    point's pixel; so the crossing pixels lie in the projection of the box's part in front of
+    the camera: the box cut at depth eps, a convex polytope whose vertices are the corners in
+    front and the cuts of the box's edges. eps is small enough that no point of the box within
+    the camera's view is nearer than eps (half the camera's distance to the box, over the
+    view's widest ray slope). The window is the bounding rectangle of the vertices' pixels,
+    grown by two pixels against rounding. A camera inside (or on) a box, or with lens
+    distortion or another model, gets the whole image.
     """
     w, h = int(cameras.width[i]), int(cameras.height[i])
-    whole = (0, w, 0, h)
-    boxes = partition.expanded_boxes()  # [B, 2, 3] city frame
-    corners = torch.stack([boxes[:, [ix, iy, iz], [0, 1, 2]] for ix in (0, 1) for iy in (0, 1) for iz in (0, 1)], dim=1)
+    boxes = partition.expanded_boxes() if boxes is None else boxes  # [B, 2, 3] city frame
+    corners = torch.stack([boxes[:, [a & 1, (a >> 1) & 1, (a >> 2) & 1], [0, 1, 2]] for a in range(8)], dim=1)
     world = corners @ partition.rotation.double() + partition.origin.double()  # [B, 8, 3]
     c2w = cameras.camera_to_worlds[i].double()
     cam = (world - c2w[:, 3]) @ c2w[:, :3]  # camera frame: x right, y up, looking down -z
     distortion = cameras.distortion_params
     pinhole = int(cameras.camera_type[i]) == CameraType.PERSPECTIVE.value and (distortion is None or not bool((distortion[i] != 0).any()))
     fx, fy, cx, cy = (float(t[i]) for t in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
-    z = cam[..., 2]  # [B, 8]
-    u = (cx + fx * cam[..., 0] / -z).tolist()  # pixel x + 0.5
-    v = (cy + fy * cam[..., 1] / z).tolist()  # pixel y + 0.5 (image y points down)
-    behind, reaches_back = (z >= 0).all(1).tolist(), (z > -1e-9).any(1).tolist()
+    centre = partition.to_city(c2w[:, 3][None])[0]
+    distance = torch.linalg.vector_norm(torch.clamp(torch.maximum(boxes[:, 0] - centre, centre - boxes[:, 1]), min=0), dim=-1)
+    slope = math.sqrt(1 + (max(cx, w - cx) / fx) ** 2 + (max(cy, h - cy) / fy) ** 2)
+    eps = (distance / (2 * slope))[:, None]  # [B, 1]
+    a, b = torch.tensor(_BOX_EDGES).unbind(1)
+    za, zb = cam[:, a, 2], cam[:, b, 2]  # [B, 12]
+    cut = ((za + eps) * (zb + eps) < 0) & (distance[:, None] > 0)
+    lam = ((-eps - za) / torch.where(cut, zb - za, torch.ones_like(za)))[..., None]
+    points = torch.cat([cam, cam[:, a] + lam * (cam[:, b] - cam[:, a])], dim=1)  # [B, 20, 3]
+    valid = torch.cat([cam[..., 2] <= -eps, cut], dim=1)
+    z = torch.where(valid, points[..., 2], -torch.ones_like(points[..., 2]))
+    u = torch.where(valid, cx + fx * points[..., 0] / -z, torch.nan)  # pixel x + 0.5
+    v = torch.where(valid, cy + fy * points[..., 1] / z, torch.nan)  # pixel y + 0.5 (image y points down)
+    u0, u1 = u.nan_to_num(math.inf).amin(1).tolist(), u.nan_to_num(-math.inf).amax(1).tolist()
+    v0, v1 = v.nan_to_num(math.inf).amin(1).tolist(), v.nan_to_num(-math.inf).amax(1).tolist()
+    inside, seen = (distance <= 0).tolist(), valid.any(1).tolist()
     windows: Dict[int, Tuple[int, int, int, int]] = {}
-    for b in range(len(boxes)):
-        if behind[b]:
-            continue  # behind the camera: no forward ray reaches it
-        if not pinhole or reaches_back[b]:
-            windows[b] = whole
-            continue
-        x0, x1 = max(0, math.floor(min(u[b]) - 0.5) - 2), min(w, math.ceil(max(u[b]) - 0.5) + 3)
-        y0, y1 = max(0, math.floor(min(v[b]) - 0.5) - 2), min(h, math.ceil(max(v[b]) - 0.5) + 3)
-        if x0 < x1 and y0 < y1:
-            windows[b] = (x0, x1, y0, y1)
+    for k in range(len(boxes)):
+        if inside[k] or not pinhole:
+            windows[k] = (0, w, 0, h)
+        elif seen[k]:
+            x0, x1 = max(0, math.floor(u0[k] - 0.5) - 2), min(w, math.ceil(u1[k] - 0.5) + 3)
+            y0, y1 = max(0, math.floor(v0[k] - 0.5) - 2), min(h, math.ceil(v1[k] - 0.5) + 3)
+            if x0 < x1 and y0 < y1:
+                windows[k] = (x0, x1, y0, y1)
     return windows
 
 
@@ -214,8 +232,8 @@ class PixelIndex:
         """Assign every training pixel to the blocks its ray crosses, image by image, writing
         each block's pixel runs to its file as they come (staged, then published at once).
 
-        Each ray is tested exactly (`BlockPartition.crossing_mask`); only the pixels of a
-        window that surely holds every crossing ray are tested (`candidate_windows`)."""
+        Each ray is tested exactly (`BlockPartition.crossing_mask`) against every block whose
+        window (`candidate_windows`, which surely holds all its crossing rays) holds its pixel."""
         from nerfstudio.model_components.ray_generators import RayGenerator
 
         root = Path(root)
@@ -227,17 +245,33 @@ class PixelIndex:
         counts: List[List[int]] = [[] for _ in range(nb)]
         runs: List[List[int]] = [[] for _ in range(nb)]
         try:
+            boxes = partition.expanded_boxes()
             for i in track(range(len(train.paths)), description="Assigning pixels to blocks", transient=True):
-                w = int(train.widths[i])
-                for b, (x0, x1, y0, y1) in sorted(candidate_windows(partition, cameras, i).items()):
-                    mask = torch.zeros(int(train.heights[i]) * w, dtype=torch.bool)  # one block's at a time
-                    rows = max(1, chunk // (x1 - x0))
-                    for r0 in range(y0, y1, rows):
-                        yy, xx = torch.meshgrid(torch.arange(r0, min(r0 + rows, y1)), torch.arange(x0, x1), indexing="ij")
-                        local = (yy * w + xx).flatten()
-                        idx = torch.stack([torch.full_like(local, i), local // w, local % w], dim=-1)
-                        rays = generator(idx)
-                        mask[local] = partition.crossing_mask(rays.origins.double(), rays.directions.double(), blocks=[b])[:, 0]
+                windows = candidate_windows(partition, cameras, i, boxes)
+                if not windows:
+                    continue
+                blocks, w = sorted(windows), int(train.widths[i])
+                # rays once for the windows' union; each block tests the pixels of its own window
+                x0, x1 = min(windows[b][0] for b in blocks), max(windows[b][1] for b in blocks)
+                y0, y1 = min(windows[b][2] for b in blocks), max(windows[b][3] for b in blocks)
+                masks = torch.zeros(len(blocks), int(train.heights[i]) * w, dtype=torch.bool)
+                rows = max(1, chunk // (x1 - x0))
+                for r0 in range(y0, y1, rows):
+                    r1 = min(r0 + rows, y1)
+                    yy, xx = torch.meshgrid(torch.arange(r0, r1), torch.arange(x0, x1), indexing="ij")
+                    rays = generator(torch.stack([torch.full_like(yy, i), yy, xx], dim=-1).reshape(-1, 3))
+                    origins = rays.origins.double().reshape(r1 - r0, x1 - x0, 3)
+                    directions = rays.directions.double().reshape(r1 - r0, x1 - x0, 3)
+                    for k, b in enumerate(blocks):
+                        bx0, bx1, by0, by1 = windows[b]
+                        ry0, ry1 = max(by0, r0) - r0, min(by1, r1) - r0
+                        if ry0 >= ry1:
+                            continue
+                        cols = slice(bx0 - x0, bx1 - x0)
+                        local = (yy[ry0:ry1, cols] * w + xx[ry0:ry1, cols]).flatten()
+                        masks[k, local] = partition.crossing_mask(
+                            origins[ry0:ry1, cols].reshape(-1, 3), directions[ry0:ry1, cols].reshape(-1, 3), blocks=[b])[:, 0]
+                for b, mask in zip(blocks, masks):
                     if not mask.any():
                         continue
                     first, length = mask_to_runs(mask)

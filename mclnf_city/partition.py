@@ -91,12 +91,11 @@ class BlockPartition:
     # ----- boxes -----
     def regions(self) -> Tensor:
         """[B, 2, 3] region boxes (min, max) in the city frame, without overlap."""
-        boxes = torch.empty(self.num_blocks, 2, 3, dtype=self.x_edges.dtype)
-        for b in range(self.num_blocks):
-            ix, iy = self.cell(b)
-            boxes[b, 0] = torch.tensor([self.x_edges[ix], self.y_edges[iy], self.z_range[0]])
-            boxes[b, 1] = torch.tensor([self.x_edges[ix + 1], self.y_edges[iy + 1], self.z_range[1]])
-        return boxes
+        ix, iy = torch.tensor([self.cell(b) for b in range(self.num_blocks)], dtype=torch.long).reshape(-1, 2).unbind(1)
+        z0, z1 = (torch.full_like(self.x_edges[ix], z) for z in self.z_range)
+        lo = torch.stack([self.x_edges[ix], self.y_edges[iy], z0], dim=-1)
+        hi = torch.stack([self.x_edges[ix + 1], self.y_edges[iy + 1], z1], dim=-1)
+        return torch.stack([lo, hi], dim=1)
 
     def expanded_boxes(self) -> Tensor:
         """[B, 2, 3] boxes grown by the overlap margin horizontally (height range unchanged)."""

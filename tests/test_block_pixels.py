@@ -74,6 +74,55 @@ def test_a_distorted_or_inside_camera_is_tested_on_every_pixel(loads):
     assert windows and all(win == (0, w, 0, h) for win in windows.values())
 
 
+def test_windows_hold_every_crossing_pixel_of_cameras_beside_behind_and_inside_boxes():
+    """Random pinhole cameras around a 3x2 grid of boxes, many close enough that boxes reach
+    behind them: every pixel whose ray crosses a box lies in that box's window, and boxes the
+    camera is outside of get a window smaller than the image."""
+    from nerfstudio.cameras.cameras import Cameras
+    from nerfstudio.model_components.ray_generators import RayGenerator
+
+    from mclnf_city.partition import BlockPartition
+
+    f64 = torch.float64
+    partition = BlockPartition(rotation=torch.eye(3, dtype=f64), origin=torch.zeros(3, dtype=f64),
+                               x_edges=torch.tensor([-1.5, -0.5, 0.5, 1.5], dtype=f64), y_edges=torch.tensor([-1.0, 0.0, 1.0], dtype=f64),
+                               z_range=(0.0, 0.5), overlap=0.1, stream_order=list(range(6)))
+    g = torch.Generator().manual_seed(0)
+    n, w, h = 60, 48, 36
+    centres = torch.cat([torch.rand(n, 2, generator=g) * 4 - 2, torch.rand(n, 1, generator=g) * 1.2 - 0.2], dim=1)
+    look = torch.randn(n, 3, generator=g)
+    look[:, 2] = -look[:, 2].abs() * 0.5
+    forward = look / look.norm(dim=1, keepdim=True)
+    right = torch.linalg.cross(forward, torch.tensor([0.0, 0.0, 1.0]).expand(n, 3))
+    right = right / right.norm(dim=1, keepdim=True)
+    up = torch.linalg.cross(right, forward)
+    c2w = torch.stack([right, up, -forward, centres], dim=2)
+    cameras = Cameras(camera_to_worlds=c2w, fx=30.0, fy=30.0, cx=w / 2, cy=h / 2, width=w, height=h)
+    generator, local = RayGenerator(cameras), torch.arange(w * h)
+    kinds = set()
+    for i in range(n):
+        rays = generator(torch.stack([torch.full_like(local, i), local // w, local % w], dim=-1))
+        crossing = partition.crossing_mask(rays.origins.double(), rays.directions.double())
+        windows = candidate_windows(partition, cameras, i)
+        boxes = partition.expanded_boxes()
+        for b in range(partition.num_blocks):
+            hit = torch.nonzero(crossing[:, b]).flatten()
+            if not len(hit):
+                continue
+            assert b in windows, f"camera {i}, block {b}: crossed but given no window"
+            x0, x1, y0, y1 = windows[b]
+            ys, xs = hit // w, hit % w
+            assert bool(((xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)).all()), f"camera {i}, block {b}"
+            camera_inside = bool(((centres[i].double() >= boxes[b, 0]) & (centres[i].double() <= boxes[b, 1])).all())
+            corners = torch.stack(torch.meshgrid(*boxes[b].T, indexing="ij"), dim=-1).reshape(-1, 3)
+            reaches_behind = bool((((corners - c2w[i, :, 3].double()) @ forward[i].double()) < 0).any())
+            if camera_inside:
+                kinds.add("inside")
+            elif windows[b] != (0, w, 0, h):
+                kinds.add("cut" if reaches_behind else "in front")
+    assert {"inside", "cut", "in front"} <= kinds, kinds
+
+
 def test_set_up_reads_no_image_and_a_block_reads_only_its_own(loads):
     trainer, read, at_setup = loads
     pipeline = trainer.pipeline
