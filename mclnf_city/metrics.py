@@ -2,19 +2,23 @@
 
 LPIPS (torchmetrics, AlexNet) would download torchvision's AlexNet weights on first
 use; with no network that is a crash. We look for the file first and report LPIPS as
-unavailable (once, with the path to put the file at) when it is absent.
+unavailable (once, with the path to put the file at) when it is absent. AlexNet's strides
+and two max-pools leave nothing of an image under `LPIPS_MIN_SIDE` pixels on a side: such
+images get no LPIPS, and the report says why, rather than the run dying at a block's end.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 _LPIPS = None
 _LPIPS_CHECKED = False
+LPIPS_MIN_SIDE = 31
+"""Conv 11/4 (pad 2), then two 3/2 max-pools: the smallest side that still leaves one value."""
 
 
 def lpips_weights_path() -> Path:
@@ -23,9 +27,14 @@ def lpips_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.IMAGENET1K_V1.url).name
 
 
-def lpips_status() -> str:
+def lpips_status(smallest_side: Optional[int] = None) -> str:
+    """Whether LPIPS is reported, and why not; `smallest_side`: of the images scored."""
     path = lpips_weights_path()
-    return "available" if path.exists() else f"unavailable (AlexNet weights not found at {path}; no download is attempted)"
+    if not path.exists():
+        return f"unavailable (AlexNet weights not found at {path}; no download is attempted)"
+    if smallest_side is not None and smallest_side < LPIPS_MIN_SIDE:
+        return f"skipped on images under {LPIPS_MIN_SIDE} px on a side (smallest here: {smallest_side} px; AlexNet's pooling leaves nothing)"
+    return "available"
 
 
 def _lpips_metric():
@@ -53,6 +62,12 @@ def image_metrics(pred: Tensor, gt: Tensor) -> Dict[str, float]:
         "ssim": float(structural_similarity_index_measure(p, g, data_range=1.0)),
     }
     lpips: Optional[object] = _lpips_metric()
-    if lpips is not None:
+    if lpips is not None and min(p.shape[-2:]) >= LPIPS_MIN_SIDE:
         out["lpips_alex"] = float(lpips(p, g))
     return out
+
+
+def mean_metrics(per_view: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    """Each metric's mean over the views that have it (LPIPS may be missing on small views)."""
+    keys: List[str] = list(dict.fromkeys(k for m in per_view for k in m))
+    return {k: sum(m[k] for m in per_view if k in m) / sum(k in m for m in per_view) for k in keys}

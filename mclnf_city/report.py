@@ -20,7 +20,7 @@ import torch
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from mclnf_city.files import atomic_write_bytes, write_png
-from mclnf_city.metrics import image_metrics, lpips_status
+from mclnf_city.metrics import image_metrics, lpips_status, mean_metrics
 from mclnf_city.partition import BlockPartition, look_blocks
 from mclnf_city.store import CityStore, sha256
 
@@ -72,7 +72,7 @@ class CityReport:
             if not views:
                 continue
             per_view = [image_metrics(*self.render_test_view(i, self.block_eval_max_pixels)) for i in views]
-            result[b] = {k: sum(m[k] for m in per_view) / len(per_view) for k in per_view[0]}
+            result[b] = mean_metrics(per_view)
             result[b]["num_views"] = float(len(views))
             result[b]["solo_render_sha256"] = sha256(self.render_block_alone(b, views).numpy().tobytes())
         return result
@@ -111,18 +111,19 @@ class CityReport:
                 ),
                 "seconds": entry.get("seconds"),
             }
-        per_view = []
+        per_view, smallest = [], None
         for i in range(len(self.datamanager.eval_dataset)):
             rgb, gt = self.render_test_view(i, self.report_max_pixels)
             per_view.append(image_metrics(rgb, gt))
+            smallest = min(rgb.shape[:2]) if smallest is None else min(smallest, *rgb.shape[:2])
             pair = torch.cat([gt, rgb.clamp(0, 1)], dim=1)
             write_png(report / "renders" / f"test_{i:04d}.png", (pair.cpu().numpy() * 255).round().astype(np.uint8))
-        mean = {k: sum(m[k] for m in per_view) / len(per_view) for k in per_view[0]} if per_view else {}
+        mean = mean_metrics(per_view)
         summary = {
             "method": "mclnf-city",
             "test_views": len(per_view),
             "mean": mean,
-            "lpips": lpips_status(),
+            "lpips": lpips_status(smallest),
             "blocks": blocks,
             "stream_order": list(order),
         }

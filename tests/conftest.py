@@ -56,6 +56,40 @@ def tiny_trainer_config(data: Path, output_dir: Path, steps_per_block: int = 30,
     return config
 
 
+@pytest.fixture(scope="session", autouse=True)
+def torch_home_without_weights(tmp_path_factory):
+    """Tests never depend on what happens to lie in the user's torch hub cache (AlexNet's
+    weights turn LPIPS on): every test, and every command it runs, sees an empty one."""
+    home = tmp_path_factory.mktemp("torch_home_empty")
+    before = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = before
+
+
+@pytest.fixture
+def lpips_weights(tmp_path_factory, monkeypatch):
+    """A torch hub cache holding AlexNet weights (random, seeded: no download) where LPIPS looks
+    for them; TORCH_HOME points at it for this test and the commands it runs."""
+    import torch
+    import torchvision
+
+    from mclnf_city import metrics
+
+    home = tmp_path_factory.mktemp("torch_home_alexnet")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    path = metrics.lpips_weights_path()
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    monkeypatch.setattr(metrics, "_LPIPS", None)
+    monkeypatch.setattr(metrics, "_LPIPS_CHECKED", False)
+    return home
+
+
 @pytest.fixture(autouse=True)
 def grad_mode_left_on():
     """A test (or the code it calls) must not leave autograd off for the tests after it."""

@@ -44,11 +44,21 @@ def test_ns_eval(trained_run, tmp_path):
     proc = run(["ns-eval", "--load-config", str(run_dir / "config.yml"), "--output-path", str(out)])
     results = json.loads(out.read_text())["results"]
     assert results["psnr"] > 8.0 and 0.0 < results["ssim"] <= 1.0
-    # offline: LPIPS is reported unavailable, never downloaded
-    from mclnf_city.metrics import lpips_weights_path
+    # no AlexNet weights on disk: LPIPS is reported unavailable, never downloaded
+    assert "lpips" not in results and "LPIPS unavailable" in proc.stdout + proc.stderr
 
-    if not lpips_weights_path().exists():
-        assert "lpips" not in results and "LPIPS unavailable" in proc.stdout + proc.stderr
+
+def test_a_run_with_lpips_weights_on_disk_scores_or_says_why_not(tiny_capture, lpips_weights, tmp_path):
+    """With AlexNet's weights in the hub cache (as for anyone who ran nerfacto online), test
+    views too small for AlexNet get no LPIPS and a reason; the run never dies of a metric."""
+    run(["ns-train", "mclnf-city-tiny", "--data", str(tiny_capture), "--output-dir", str(tmp_path),
+         "--timestamp", "run", "--pipeline.steps-per-block", "4", *FAST])
+    run_dir = tmp_path / "cli" / "mclnf-city-tiny" / "run"
+    report = json.loads((run_dir / "city" / "report" / "metrics.json").read_text())
+    assert report["lpips"].startswith("skipped on images under 31 px") and "lpips_alex" not in report["mean"]
+    out = tmp_path / "eval.json"
+    run(["ns-eval", "--load-config", str(run_dir / "config.yml"), "--output-path", str(out)])
+    assert "lpips_alex" not in json.loads(out.read_text())["results"]
 
 
 def test_ns_render_interpolate(trained_run, tmp_path):
