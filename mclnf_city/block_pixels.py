@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -37,6 +38,7 @@ from torch import Tensor
 from nerfstudio.cameras.cameras import CameraType
 
 from mclnf_city.capture import CaptureError, load_image_uint8
+from mclnf_city.capture.images import check_image_file
 from mclnf_city.files import atomic_write_bytes, publish, staging_dir
 from mclnf_city.partition import BlockPartition
 
@@ -58,19 +60,10 @@ class TrainImages:
     """[N] int64"""
     scale_factor: float = 1.0
 
-    def check_sizes(self) -> None:
-        """Every image file's size (from its header) matches its camera's, before any training."""
-        for i, path in enumerate(self.paths):
-            w, h = int(self.widths[i]), int(self.heights[i])
-            try:
-                with Image.open(path) as im:
-                    size = (int(im.size[0] * self.scale_factor), int(im.size[1] * self.scale_factor))
-            except FileNotFoundError:
-                raise CaptureError(f"{path}: image file missing") from None
-            except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-                raise CaptureError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
-            if size != (w, h):
-                raise CaptureError(f"{path}: image is {size[0]}x{size[1]} but its camera says {w}x{h}")
+    def check_files(self, what: str = "training") -> None:
+        """Every image decodes to its end and has its camera's size, before any training."""
+        for i in track(range(len(self.paths)), description=f"Checking the {what} images", transient=True):
+            check_image_file(self.paths[i], (int(self.widths[i]), int(self.heights[i])), self.scale_factor)
 
     def load(self, i: int) -> Tensor:
         """Image i as [H * W, 3] uint8."""
@@ -94,6 +87,8 @@ class BlockPool:
     """[P] int32 pixel ids y * width + x"""
     colors: Tensor
     """[P, 3] uint8"""
+    BYTES_PER_PIXEL = 7
+    """an int32 id and three uint8 colours"""
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -295,8 +290,9 @@ class PixelIndex:
         publish(staged, root, overwrite=True)
         return cls(root, index)
 
-    def read_pixels(self, b: int, train: TrainImages) -> Tensor:
-        """Block b's pixel ids [P] int32, checked against the index and the image sizes."""
+    def read_runs(self, b: int, train: TrainImages) -> Tuple[Tensor, Tensor]:
+        """Block b's pixel runs (first id, length), [R] int64 each, checked against the index and
+        the image sizes; image k's runs follow image k - 1's."""
         entry = self.blocks[b]
         path = self.root / Path(entry["file"]).name  # a name, never a path out of the index's folder
         if not path.exists():
@@ -314,25 +310,37 @@ class PixelIndex:
         per_image = torch.zeros(len(images), dtype=torch.long).index_add_(0, torch.repeat_interleave(torch.arange(len(images)), runs), length)
         if not torch.equal(per_image, counts):
             raise PixelIndexError(f"{path}: pixel runs do not add up to the counts in its index")
-        return runs_to_ids(first, length).to(torch.int32)
+        return first, length
+
+    def read_pixels(self, b: int, train: TrainImages) -> Tensor:
+        """Block b's pixel ids [P] int32, image after image."""
+        return runs_to_ids(*self.read_runs(b, train)).to(torch.int32)
 
     def load_pool(self, b: int, train: TrainImages, keep: Optional[Tensor] = None) -> BlockPool:
         """Block b's pixel ids and their colours, read from its images now (only the images in
-        `keep`, when given)."""
-        pixels, images, counts = self.read_pixels(b, train), self.images(b), self.counts(b)
-        starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+        `keep`, when given). The pool is filled image by image into memory mapped for it alone,
+        so no block-sized temporary is made and an evicted pool's memory goes back to the system
+        (the process keeps its freed heap memory, see cpu_allocator.py)."""
+        (first, length), images, counts, runs = self.read_runs(b, train), self.images(b), self.counts(b), self.runs(b)
+        run_starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(runs, 0)]).tolist()
         chosen = torch.ones(len(images), dtype=torch.bool) if keep is None else torch.isin(images, keep)
-        parts, colors, sizes = [], [], []
-        for k in track(torch.nonzero(chosen).flatten().tolist(), description=f"Reading block {b}'s images", transient=True):
-            ids = pixels[starts[k] : starts[k + 1]]
-            parts.append(ids)
-            colors.append(train.load(int(images[k]))[ids.long()])
-            sizes.append(len(ids))
-        kept = images[chosen]
-        return BlockPool(
-            block=b,
-            images=kept,
-            starts=torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(torch.tensor(sizes, dtype=torch.long), 0)]),
-            pixels=torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int32),
-            colors=torch.cat(colors) if colors else torch.zeros(0, 3, dtype=torch.uint8),
-        )
+        order = torch.nonzero(chosen).flatten().tolist()
+        sizes = counts[chosen]
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, 0)])
+        total = int(starts[-1])
+        pixels, colors = mapped_tensor((total,), torch.int32), mapped_tensor((total, 3), torch.uint8)
+        for j, k in enumerate(track(order, description=f"Reading block {b}'s images", transient=True)):
+            ids = runs_to_ids(first[run_starts[k] : run_starts[k + 1]], length[run_starts[k] : run_starts[k + 1]])
+            o0, o1 = int(starts[j]), int(starts[j + 1])
+            pixels[o0:o1] = ids
+            colors[o0:o1] = train.load(int(images[k]))[ids]
+        return BlockPool(block=b, images=images[chosen], starts=starts, pixels=pixels, colors=colors)
+
+
+def mapped_tensor(shape: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """An uninitialised tensor in its own anonymous memory map: freed to the system with it."""
+    count = math.prod(shape)
+    size = count * torch.empty(0, dtype=dtype).element_size()
+    if size == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(mmap.mmap(-1, size), dtype=dtype, count=count).view(shape)

@@ -81,9 +81,7 @@ class CityDataManager(VanillaDataManager):
         cameras = dataset.cameras
         self.widths = cameras.width.flatten().long()
         self.heights = cameras.height.flatten().long()
-        self.train_images = TrainImages(
-            [Path(p) for p in dataset._dataparser_outputs.image_filenames], self.widths, self.heights, dataset.scale_factor
-        )
+        self.train_images = self.image_files(dataset)
         self.train_ray_generator = RayGenerator(cameras.to(self.device))
         self.pixel_index: Optional[PixelIndex] = None
         self._kept_images: Dict[int, Tensor] = {}
@@ -94,6 +92,17 @@ class CityDataManager(VanillaDataManager):
         self.fisher_uniform_fraction: Optional[float] = None
         self.score_buffer: Optional[Tuple[int, ScoreBuffer]] = None
         self.train_pixel_sampler = BlockPixelSampler(self.config.train_num_rays_per_batch, self.config.seed)
+
+    @staticmethod
+    def image_files(dataset) -> TrainImages:
+        cameras = dataset.cameras
+        return TrainImages([Path(p) for p in dataset._dataparser_outputs.image_filenames],
+                           cameras.width.flatten().long(), cameras.height.flatten().long(), dataset.scale_factor)
+
+    def check_image_files(self) -> None:
+        """Every training and test image decodes to its end and has its camera's size."""
+        self.train_images.check_files()
+        self.image_files(self.eval_dataset).check_files("test")
 
     # ----- pixels and blocks -----
     def index_pixels(self, partition: BlockPartition, root: Path, build: bool = True) -> PixelIndex:
@@ -107,7 +116,6 @@ class CityDataManager(VanillaDataManager):
                 raise RuntimeError(f"{root}: no pixel index for this capture and partition")
             if index is not None:
                 CONSOLE.print(f"pixel index at {root} was made for other cameras or blocks: rebuilding it")
-            self.train_images.check_sizes()
             index = PixelIndex.build(root, partition, self.train_dataset.cameras, self.train_images, fp, self.config.assignment_chunk)
         self.pixel_index = index
         self._pools.clear()
@@ -149,10 +157,12 @@ class CityDataManager(VanillaDataManager):
         if b in self._pools:
             self._pools.move_to_end(b)
             return self._pools[b]
+        # room first: the pools kept and the new one fit the budget together (the new one always loads)
+        need = self._index().num_pixels(b) * BlockPool.BYTES_PER_PIXEL
+        while self._pools and sum(p.nbytes for p in self._pools.values()) + need > self.config.pixel_cache_bytes:
+            self._pools.popitem(last=False)
         pool = self._index().load_pool(b, self.train_images, self._kept_images.get(b))
         self._pools[b] = pool
-        while len(self._pools) > 1 and sum(p.nbytes for p in self._pools.values()) > self.config.pixel_cache_bytes:
-            self._pools.popitem(last=False)
         return pool
 
     # ----- sampling -----

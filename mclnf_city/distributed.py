@@ -66,7 +66,11 @@ def cpu_worker(
         if m == machine_rank:
             comms.LOCAL_PROCESS_GROUP = group
     # The machine's cores are shared by its processes; more threads than cores only thrash.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_devices_per_machine))
+    # OMP_NUM_THREADS, when set, caps a process's threads as it does for one process.
+    threads = max(1, (os.cpu_count() or 1) // num_devices_per_machine)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, min(threads, int(os.environ["OMP_NUM_THREADS"])))
+    torch.set_num_threads(threads)
     try:
         result = main_func(local_rank, world_size, config, global_rank)
         dist.barrier()  # nobody tears the group down while another rank still trains

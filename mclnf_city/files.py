@@ -7,13 +7,36 @@ target and renamed into place; folders are built in a staging folder and renamed
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
+
+
+CRASH_AT = "MCLNF_CRASH_AT"
+"""Environment variable naming a point where the process kills itself (`crash_point`)."""
+_crash_counts: Dict[str, int] = {}
+
+
+def crash_point(event: str, name: str = "") -> None:
+    """SIGKILL this process at the `n`-th time it reaches a point matching MCLNF_CRASH_AT
+    (``event:name-glob@n``, e.g. ``rename:manifest.json@3``): how the crash sweep
+    (`tools/bench/crash_sweep.py`) stops a run in the middle of each write. Unset: nothing."""
+    spec = os.environ.get(CRASH_AT)
+    if not spec:
+        return
+    target, _, nth = spec.partition("@")
+    want_event, _, pattern = target.partition(":")
+    if event != want_event or not fnmatch.fnmatch(name, pattern or "*"):
+        return
+    _crash_counts[spec] = _crash_counts.get(spec, 0) + 1
+    if _crash_counts[spec] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], temp_dir: Optional[Path] = None) -> None:
@@ -32,6 +55,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], temp_dir: Optional[P
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        crash_point("rename", path.name)  # written in full under its temporary name
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -41,6 +65,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], temp_dir: Optional[P
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    crash_point("renamed", path.name)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -120,6 +120,8 @@ class CityPipeline(VanillaPipeline):
         if config.store_dir is None:
             raise ValueError("--pipeline.store-dir is not set (ns-train mclnf-city sets it to <run dir>/city)")
         training = test_mode == "val"  # ns-train; ns-eval/ns-render/ns-export use "test"/"inference"
+        if training:  # every photo decodes and fits its camera before the city is touched
+            self.datamanager.check_image_files()
         self.store = grow.open_store(config, outputs, training)  # CityStore(config.store_dir) unless --pipeline.grow-city
 
         if training and world_size > 1:  # rank 0 creates the city and its pixel index, the others then read them
@@ -266,6 +268,7 @@ class CityPipeline(VanillaPipeline):
             # Finished and stored by an earlier run after its last checkpoint: do not retrain.
             zero = sum(p.sum() * 0.0 for p in self.model.active.parameters())
             return {}, {"rgb_loss": zero}, {}
+        crash_point("step", str(step))
         ray_bundle, batch = self.datamanager.next_train(step % self.config.steps_per_block)
         outputs = self.model(ray_bundle)
         metrics = self.model.get_metrics_dict(outputs, batch)

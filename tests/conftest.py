@@ -27,9 +27,10 @@ FAST = [
 """ns-train options that keep end-to-end tests short."""
 
 
-def run(args, timeout=600, **kw):
-    """Run one of the installed ns-* / mclnf-* commands; fail the test with its output if it fails."""
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+def run(args, timeout=600, threads=2, **kw):
+    """Run one of the installed ns-* / mclnf-* commands (`threads` per process); fail the test
+    with its output if it fails."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     proc = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, env=env, **kw)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_capture_too_small(tiny_capture, tmp_path):
         meta["frames"] = meta["frames"][:1]
 
     _edit_transforms(cap, keep_two)
-    with pytest.raises(CaptureError, match=r"transforms\.json: capture too small .*1 frame"):
+    with pytest.raises(CaptureError, match=r"transforms\.json: 'frames' holds 1 frame\(s\); a capture to partition needs at least"):
         _setup(cap, tmp_path)
 
 
@@ -135,3 +136,83 @@ def test_prior_of_another_architecture_is_refused(tiny_capture, tmp_path):
     torch.save({"encoding.hash_table": torch.zeros(3, 2)}, bad)
     with pytest.raises(ValueError, match=r"prior .*prior\.pt"):
         _setup(tiny_capture, tmp_path, prior=bad)
+
+
+def _snapshot(folder: Path):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _break(cap: Path, kind: str) -> str:
+    """Damage a copy of the capture in one way; the pattern its error must match."""
+    frames = json.loads((cap / "transforms.json").read_text())["frames"]
+    if kind == "truncated png":
+        path = cap / frames[2]["file_path"]
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return r"frame_00002\.png: cannot read image"
+    if kind == "truncated jpeg":
+        path = cap / frames[2]["file_path"]
+        Image.open(path).convert("RGB").save(path.with_suffix(".jpg"), quality=90)
+        data = path.with_suffix(".jpg").read_bytes()
+        path.with_suffix(".jpg").write_bytes(data[: len(data) * 3 // 4])
+        path.unlink()
+        _edit_transforms(cap, lambda m: m["frames"][2].update(file_path=frames[2]["file_path"].replace(".png", ".jpg")))
+        return r"frame_00002\.jpg: cannot read image .*truncated"
+    if kind == "size differs":
+        path = cap / frames[6]["file_path"]
+        Image.open(path).resize((20, 15)).save(path)
+        return r"frame_00006\.png: image is 20x15 but its camera \(w, h\) says 40x30"
+    if kind == "nan focal":
+        _edit_transforms(cap, lambda m: m.update(fl_x=float("nan")))
+        return r"transforms\.json: 'fl_x' of images/frame_00000\.png is nan"
+    if kind == "zero focal":
+        _edit_transforms(cap, lambda m: m["frames"][4].update(fl_y=0.0))
+        return r"transforms\.json: 'fl_y' of images/frame_00004\.png is 0\.0; it must be a finite number > 0"
+    if kind == "duplicate file_path":
+        _edit_transforms(cap, lambda m: m["frames"][5].update(file_path=frames[3]["file_path"]))
+        return r"transforms\.json: file_path named by more than one frame: images/frame_00003\.png"
+    if kind == "path escaping":
+        shutil.copy(cap / frames[1]["file_path"], cap.parent / "elsewhere.png")
+        _edit_transforms(cap, lambda m: m["frames"][1].update(file_path="../elsewhere.png"))
+        return r"transforms\.json: file_path outside the capture folder .*: \.\./elsewhere\.png"
+    if kind == "empty frames":
+        _edit_transforms(cap, lambda m: m.update(frames=[]))
+        return r"transforms\.json: 'frames' holds 0 frame\(s\)"
+    if kind in ("ply with nan", "ply with 0 points"):
+        from plyfile import PlyData, PlyElement
+
+        ply = cap / json.loads((cap / "transforms.json").read_text())["ply_file_path"]
+        vertex = PlyData.read(str(ply))["vertex"].data.copy()
+        if kind == "ply with nan":
+            vertex["x"][7] = float("nan")
+        else:
+            vertex = vertex[:0]
+        PlyData([PlyElement.describe(vertex, "vertex")]).write(str(ply))
+        return r"sparse_pc\.ply: 1 of \d+ points have a non-finite" if kind == "ply with nan" else r"sparse_pc\.ply: holds 0 points"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated png", "truncated jpeg", "size differs", "nan focal", "zero focal", "duplicate file_path",
+                                  "path escaping", "empty frames", "ply with nan", "ply with 0 points"])
+def test_a_damaged_capture_is_refused_before_anything_is_written(tiny_capture, tmp_path, kind):
+    cap = _copy(tiny_capture, tmp_path)
+    pattern = _break(cap, kind)
+    before = _snapshot(cap)
+    with pytest.raises(CaptureError, match=pattern):
+        _setup(cap, tmp_path)
+    assert _snapshot(cap) == before
+    assert not list((tmp_path / "runs").rglob("manifest.json")) and not list((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_a_video_without_frames_is_refused_and_no_output_is_made(tmp_path, capsys):
+    import cv2
+
+    video = tmp_path / "empty.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    writer.release()  # a container with no frame in it
+    from mclnf_city.capture.process import main
+
+    out = tmp_path / "capture"
+    assert main([str(video), str(out)]) == 1
+    captured = capsys.readouterr()
+    assert re.search(r"empty\.mp4: (no frames could be decoded|OpenCV cannot open)", captured.out + captured.err)
+    assert not out.exists()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -92,10 +94,12 @@ def check_transforms_json(data: Path) -> None:
         raise CaptureError(f"{path}: capture not found")
     meta = read_json(path)
     frames = meta.get("frames")
-    if not frames or len(frames) < MIN_FRAMES:
+    if not isinstance(frames, list) or len(frames) < MIN_FRAMES:
         # nerfstudio's parser divides by the pose spread: one camera is a ZeroDivisionError there.
-        raise CaptureError(f"{path}: capture too small to partition: {len(frames or [])} frame(s), need at least {MIN_FRAMES}")
-    bad_pose, missing = [], []
+        count = len(frames) if isinstance(frames, list) else 0
+        raise CaptureError(f"{path}: 'frames' holds {count} frame(s); a capture to partition needs at least {MIN_FRAMES}")
+    root = os.path.normpath(os.path.abspath(path.parent))
+    bad_pose, missing, outside, seen, duplicate = [], [], [], set(), []
     for i, frame in enumerate(frames):
         name = frame.get("file_path", f"frame {i}")
         m = frame.get("transform_matrix")
@@ -105,12 +109,57 @@ def check_transforms_json(data: Path) -> None:
             ok = False
         if not ok:
             bad_pose.append(name)
-        if not (path.parent / name).exists():
-            missing.append(str(path.parent / name))
+        for field, positive in (("fl_x", True), ("fl_y", True), ("cx", False), ("cy", False), ("w", True), ("h", True)):
+            check_intrinsic(path, frame, meta, field, positive, name)
+        full = os.path.normpath(os.path.join(root, name))
+        if os.path.commonpath([root, full]) != root:
+            outside.append(name)
+        elif full in seen:
+            duplicate.append(name)
+        elif not os.path.exists(full):
+            missing.append(full)
+        seen.add(full)
     if bad_pose:
         raise CaptureError(f"{path}: non-finite or malformed transform_matrix for {name_list(bad_pose)}")
+    if outside:
+        raise CaptureError(f"{path}: file_path outside the capture folder {root}: {name_list(outside)}")
+    if duplicate:
+        raise CaptureError(f"{path}: file_path named by more than one frame: {name_list(duplicate)}")
     if missing:
         raise CaptureError(f"{path}: image files missing: {name_list(missing)}")
+    if meta.get("ply_file_path"):
+        check_points_ply(path.parent / meta["ply_file_path"], path)
+
+
+def check_intrinsic(path: Path, frame: Dict[str, Any], meta: Dict[str, Any], field: str, positive: bool, name: str) -> None:
+    """A camera value (per frame, else for the whole capture) is present, finite, and > 0 where it must be."""
+    value = frame.get(field, meta.get(field))
+    if value is None:
+        raise CaptureError(f"{path}: no '{field}' for {name} (neither in its frame nor for the whole capture)")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise CaptureError(f"{path}: '{field}' of {name} is {value!r}; it must be a finite number{' > 0' if positive else ''}")
+
+
+def check_points_ply(ply: Path, transforms: Path) -> None:
+    """The sparse points named by ply_file_path: there, with at least one point, all finite."""
+    from plyfile import PlyData
+
+    if not ply.exists():
+        raise CaptureError(f"{transforms}: ply_file_path names {ply}, which does not exist")
+    try:
+        vertex = PlyData.read(str(ply))["vertex"]
+        xyz = np.stack([np.asarray(vertex[k], dtype=np.float64) for k in ("x", "y", "z")], axis=-1)
+    except Exception as e:  # noqa: BLE001 - plyfile raises many types for broken files
+        raise CaptureError(f"{ply}: cannot read the sparse points ({type(e).__name__}: {e})") from e
+    if len(xyz) == 0:
+        raise CaptureError(f"{ply}: holds 0 points; remove ply_file_path from {transforms} to train without points")
+    bad = int((~np.isfinite(xyz).all(axis=1)).sum())
+    if bad:
+        raise CaptureError(f"{ply}: {bad} of {len(xyz)} points have a non-finite coordinate")
 
 
 def check_cameras(camera_to_worlds: torch.Tensor, image_names: Sequence) -> None:

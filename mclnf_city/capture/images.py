@@ -226,6 +226,28 @@ def gather_input(options, image_dir: Path, reporter: Reporter) -> Tuple[List[str
 # --------------------------------------------------------------------------- training
 
 
+def check_image_file(path: Path, size: Tuple[int, int], scale_factor: float = 1.0) -> None:
+    """The image can be decoded to its end and is `size` (w, h) after `scale_factor`, or a
+    CaptureError naming it. Cheaper than reading it: a PNG's chunks are checked against their
+    CRCs without inflating, a JPEG is decoded at 1/8 scale (still every byte of its scan)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            found = (int(im.size[0] * scale_factor), int(im.size[1] * scale_factor))
+            if im.format == "PNG":
+                im.verify()
+            else:
+                if im.format == "JPEG":
+                    im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                im.load()
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: image file missing") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise CaptureError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+    if found != tuple(size):
+        raise CaptureError(f"{path}: image is {found[0]}x{found[1]} but its camera (w, h) says {size[0]}x{size[1]}")
+
+
 def load_image_uint8(path: Path, scale_factor: float = 1.0) -> torch.Tensor:
     """[H, W, 3] uint8, resized like nerfstudio's InputDataset when scale_factor != 1."""
     path = Path(path)
