@@ -27,6 +27,7 @@ from mclnf_city import distributed, grow, prior
 from mclnf_city.capture import check_cameras, check_capture
 from mclnf_city.datamanager import CityDataManagerConfig
 from mclnf_city.fields import require_same_keys
+from mclnf_city.files import crash_point
 from mclnf_city.fisher import FisherConfig, fisher_loss_weights
 from mclnf_city.meta import call
 from mclnf_city.model import CityModelConfig

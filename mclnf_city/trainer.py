@@ -24,6 +24,7 @@ import torch
 from nerfstudio.engine.optimizers import Optimizers
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils.decorators import check_main_thread
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from mclnf_city.files import atomic_write
 
@@ -71,6 +72,14 @@ class CityTrainer(Trainer):
             else:  # a checkpoint older than the store's last block: that block is not trained again
                 self._start_step = max(self._start_step, self.pipeline.resume_step())
         self.config.max_num_iterations = max(self.pipeline.total_steps - self._start_step, 0)
+
+    def _load_checkpoint(self) -> None:
+        load_dir = self.config.load_dir
+        if load_dir is not None and self.config.load_step is None and not list(Path(load_dir).glob("step-*.ckpt")):
+            # killed before its first checkpoint: the store alone says which blocks are finished
+            CONSOLE.print(f"no checkpoint in {load_dir}: resuming from the city's store ({self.config.pipeline.store_dir}) alone")
+            return
+        super()._load_checkpoint()
 
     def train(self) -> None:
         if self.config.max_num_iterations == 0:

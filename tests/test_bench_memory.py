@@ -22,6 +22,6 @@ def test_bench_memory_smoke(tmp_path):
     assert mclnf["blocks_trained"] >= 2 and len(mclnf["loads"]) >= mclnf["blocks_trained"]
     assert 0 < mclnf["peak_rss_mb"] and 0 < mclnf["setup_s"] and 0 < mclnf["s_per_step_median"]
     assert all(r["pixels"] > 0 and r["images"] > 0 for r in mclnf["loads"])
-    # a block's pixel file holds 4 bytes per pixel that sees it
-    assert mclnf["pixel_file_bytes_max"] == 4 * mclnf["block_pixels"]["max"]
+    # a block's pixel file holds runs of pixels (8 bytes each): fewer bytes than an id per pixel
+    assert 0 < mclnf["pixel_file_bytes_max"] < 4 * mclnf["block_pixels"]["max"] and mclnf["pixel_file_bytes_max"] % 8 == 0
     assert result["nerfacto"]["peak_rss_mb_sampled"] > 0
