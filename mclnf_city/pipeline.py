@@ -247,9 +247,6 @@ class CityPipeline(VanillaPipeline):
     def _start_block(self, b: int) -> None:
         self.store.refresh()  # blocks other processes finished in earlier waves
         self.model.done_blocks = set(self.stream.context_blocks(b, self.store.done_blocks()))
-        # Every block draws from its own random stream (stratified samples), so what it learns
-        # does not depend on which process trains it, or after what.
-        torch.manual_seed(self.config.datamanager.seed * 1_000_003 + b)
         self.stream.activate(b)
         if self.store.status(b) != DONE:
             self.store.set_status(b, ACTIVE)
@@ -270,7 +267,11 @@ class CityPipeline(VanillaPipeline):
             zero = sum(p.sum() * 0.0 for p in self.model.active.parameters())
             return {}, {"rgb_loss": zero}, {}
         crash_point("step", str(step))
-        ray_bundle, batch = self.datamanager.next_train(step % self.config.steps_per_block)
+        # Every step of every block draws from its own random stream (stratified samples), so
+        # what a block learns depends neither on the process that trains it nor on a resume.
+        in_block = step % self.config.steps_per_block
+        torch.manual_seed((self.config.datamanager.seed * 1_000_003 + b) * 1_000_003 + in_block)
+        ray_bundle, batch = self.datamanager.next_train(in_block)
         outputs = self.model(ray_bundle)
         metrics = self.model.get_metrics_dict(outputs, batch)
         fisher = self.config.fisher
@@ -308,6 +309,12 @@ class CityPipeline(VanillaPipeline):
             self.model.done_blocks = set(self.store.done_blocks())
             if self.rank == 0:
                 self.report.write(self.stream)
+
+    def write_missing_report(self) -> None:
+        """A stream found complete (resumed after its last block) still gets its report."""
+        if self.rank == 0 and not (self.store.root / "report" / "metrics.json").exists():
+            self.model.done_blocks = set(self.store.done_blocks())
+            self.report.write(self.stream)
 
     def finish_block(self, b: int, step: int) -> None:
         """Evaluate, store (the commit point), freeze, checkpoint."""
@@ -360,4 +367,5 @@ class CityPipeline(VanillaPipeline):
             raise StoreError(f"checkpoint's active block {active} is not in the partition ({self.partition.num_blocks} blocks)")
         self.model.load_state_dict(model_state, strict=True)
         if active >= 0 and self.test_mode == "val":  # resuming training inside that block
+            self.model.done_blocks = set(self.stream.context_blocks(active, self.store.done_blocks()))  # as at its start
             self.stream.follow(active)

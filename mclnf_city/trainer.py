@@ -84,6 +84,8 @@ class CityTrainer(Trainer):
     def train(self) -> None:
         if self.config.max_num_iterations == 0:
             print("[mclnf-city] the stream is already complete; nothing to train")
+            self.pipeline.write_missing_report()  # killed while writing it: the store has all it needs
+            return
         super().train()
 
     @check_main_thread
