@@ -424,7 +424,8 @@ def projection(args, stream: Dict, full: Dict) -> Dict:
         "images": images,
         "disk_per_block_mb": block_own / MB,
         "disk_total_gb": blocks * block_own / 1e9,
-        "pixel_index_disk_tb": images * args.pixels_per_image * assignments_per_pixel * 4 / 1e12,
+        # runs of pixels: about one 8-byte run per image row (4:3 images) for each block an image sees
+        "pixel_index_disk_tb": images * assignments_per_pixel * math.sqrt(args.pixels_per_image * 3 / 4) * 8 / 1e12,
         "gpu_hours_per_block": gpu_s_per_block / 3600,
         "gpu_hours_total": blocks * gpu_s_per_block / 3600,
         "wall_hours_on_gpus": blocks * gpu_s_per_block / args.gpus / 3600,
