@@ -31,7 +31,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from rich.progress import track
 from torch import Tensor
 
