@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -25,3 +27,10 @@ def test_bench_memory_smoke(tmp_path):
     # a block's pixel file holds runs of pixels (8 bytes each): fewer bytes than an id per pixel
     assert 0 < mclnf["pixel_file_bytes_max"] < 4 * mclnf["block_pixels"]["max"] and mclnf["pixel_file_bytes_max"] % 8 == 0
     assert result["nerfacto"]["peak_rss_mb_sampled"] > 0
+    # the projection scales what was measured: a block's pool at about 7 bytes (int32 id + RGB) per pixel it holds
+    proj = result["projection"]
+    per_pixel = proj["measured_inputs"]["pool_bytes_per_pixel"]
+    assert 7 <= per_pixel < 8 and proj["measured_inputs"]["blocks_per_pixel"] > 0
+    assert proj["block_pool_gb"] == pytest.approx(proj["block_pixels"] * per_pixel / 1e9) and proj["blocks"] == 10_000
+    for key in ("ram_per_worker_gb", "disk_blocks_total_gb", "pixel_index_total_gb", "setup_cpu_hours", "gpu_hours_total"):
+        assert proj[key] > 0, key

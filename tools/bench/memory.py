@@ -15,6 +15,11 @@
 3. nerfacto, for contrast: `ns-train nerfacto` as shipped (`implementation torch`) on the same
    capture, `--nerfacto-steps` steps, its RSS sampled every second; stopped when it passes
    `--nerfacto-cap-gb` (recorded as such) so the machine survives.
+4. Projection to `--area-km2`: the per-pixel and per-block costs measured here (RSS, pool bytes
+   per pixel, pixel-index bytes, set-up time per pixel, blocks a pixel's ray crosses) and the
+   `mclnf-city` preset's step time and block size from `--preset-timing` (`scale.py`'s
+   `full_preset`), scaled with every assumption named in the JSON (`projection.assumptions`).
+   `--project-from RESULT` redoes only this step on an earlier result.
 
 Every number is one run on a shared CPU: the point is what grows with the capture and what does not.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -33,7 +39,7 @@ from typing import Dict
 
 import psutil
 
-from common import RESULTS, parse_args, run_to_log, write_json
+from common import RESULTS, ROOT, parse_args, run_to_log, write_json
 
 MB = 1024.0 * 1024.0
 
@@ -169,6 +175,75 @@ def run_nerfacto(args, data: Path, work: Path) -> Dict:
             "log_tail": tail if proc.returncode not in (0, None) and not stopped else ""}
 
 
+# ---------------------------------------------------------------------- projection
+def projection(args, capture: Dict, mclnf: Dict, preset: Dict) -> Dict:
+    """Per-pixel and per-block costs measured on this capture, scaled to --area-km2; `preset` is the
+    `mclnf-city` preset's measured step time and block tensors (scale.py's `full_preset`)."""
+    a = {"area_km2": args.area_km2, "block_edge_m": args.block_edge_m, "images_taken_per_block": args.images_per_block,
+         "pixels_per_image": args.pixels_per_image, "steps_per_block": preset["steps_per_block"],
+         "gpu_speedup_vs_this_cpu": args.gpu_speedup, "gpus": args.gpus, "cache_blocks": args.max_loaded_blocks,
+         "preset_timing": f"{preset['source']}: {preset['s_per_step_median']:.3f} s per step at {preset['rays_per_step']} rays"}
+    loads = {r["block"]: r for r in mclnf["loads"]}  # first load of every block
+    train_pixels = mclnf["train_images"] * capture["width"] * capture["height"]
+    crossings = {  # measured on this capture: how many blocks see a pixel, and an image
+        "blocks_per_pixel": sum(r["pixels"] for r in loads.values()) / train_pixels,
+        "blocks_per_image": sum(r["images"] for r in loads.values()) / mclnf["train_images"],
+    }
+    pool_bytes_per_pixel = max(r["bytes"] / r["pixels"] for r in loads.values())
+    mean_block_pixels = sum(r["pixels"] for r in loads.values()) / len(loads)
+    index_bytes_per_pixel = mclnf["pixel_file_bytes_mean"] * len(loads) / sum(r["pixels"] for r in loads.values())
+    largest = max(r["bytes"] for r in loads.values()) / MB
+    # RSS that is neither the capture's pixels nor the cache: the process after set-up, plus what a
+    # step needs beyond the largest pool (the measured peak minus both).
+    base_mb = mclnf["rss_after_setup_mb"]
+    step_mb = max(0.0, mclnf["peak_rss_mb"] - base_mb - largest)
+    blocks = int(math.ceil(args.area_km2 * 1e6 / args.block_edge_m**2))
+    block_pixels = args.images_per_block * args.pixels_per_image * crossings["blocks_per_pixel"]
+    images_seeing_block = args.images_per_block * crossings["blocks_per_image"]
+    fixed = preset["block_tensor_bytes"]["hash_grid"] + preset["block_tensor_bytes"]["heads_and_geometry"]
+    block_file = fixed + preset["appearance_bytes_per_image"] * images_seeing_block  # own images' embeddings only
+    gpu_s_per_block = preset["steps_per_block"] * preset["s_per_step_median"] / args.gpu_speedup
+    setup_s_per_pixel = mclnf["setup_s"] / train_pixels
+    return {
+        "assumptions": a,
+        "measured_inputs": {**crossings, "pool_bytes_per_pixel": pool_bytes_per_pixel, "index_bytes_per_block_pixel": index_bytes_per_pixel,
+                            "rss_after_setup_mb": base_mb, "step_mb_beyond_pool": step_mb, "setup_s_per_capture_pixel": setup_s_per_pixel,
+                            "mean_block_pixels": mean_block_pixels, "block_fixed_bytes": fixed,
+                            "appearance_bytes_per_image": preset["appearance_bytes_per_image"]},
+        "blocks": blocks,
+        "images": blocks * args.images_per_block,
+        "block_pixels": block_pixels,
+        "images_seeing_a_block": images_seeing_block,
+        "ram_per_worker_gb": (base_mb * MB + step_mb * MB + block_pixels * pool_bytes_per_pixel + args.max_loaded_blocks * block_file) / 1e9,
+        "block_pool_gb": block_pixels * pool_bytes_per_pixel / 1e9,
+        "disk_per_block_mb": block_file / MB,
+        "disk_blocks_total_gb": blocks * block_file / 1e9,
+        # runs are about one per image row: bytes per pixel fall as images grow, so this is an upper bound
+        "pixel_index_total_gb": blocks * block_pixels * index_bytes_per_pixel / 1e9,
+        "setup_cpu_hours": blocks * args.images_per_block * args.pixels_per_image * setup_s_per_pixel / 3600,
+        "gpu_hours_total": blocks * gpu_s_per_block / 3600,
+        "wall_hours_on_gpus": blocks * gpu_s_per_block / args.gpus / 3600,
+    }
+
+
+def preset_timing(path: Path) -> Dict:
+    full = json.loads(path.read_text()).get("full_preset")
+    if not full:
+        raise SystemExit(f"{path}: no `full_preset` (run tools/bench/scale.py with --full-steps > 0)")
+    path = path.resolve()
+    return {**full, "source": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
+
+
+def print_projection(p: Dict) -> None:
+    a = p["assumptions"]
+    print(f"[bench_memory] projection to {a['area_km2']:g} km2 ({p['blocks']:,} blocks of {a['block_edge_m']:g} m, "
+          f"{a['images_taken_per_block']:g} images of {a['pixels_per_image'] / 1e6:g} MP taken per block): "
+          f"RAM per worker {p['ram_per_worker_gb']:.1f} GB (block pool {p['block_pool_gb']:.1f} GB), "
+          f"block files {p['disk_blocks_total_gb']:.0f} GB, pixel index {p['pixel_index_total_gb']:.0f} GB, "
+          f"set-up {p['setup_cpu_hours']:,.0f} CPU-h, training {p['gpu_hours_total']:,.0f} GPU-h "
+          f"({p['wall_hours_on_gpus']:.1f} h on {a['gpus']} GPUs)", flush=True)
+
+
 # ---------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -188,6 +263,17 @@ def main() -> None:
     p.add_argument("--nerfacto", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--nerfacto-steps", type=int, default=2)
     p.add_argument("--nerfacto-cap-gb", type=float, default=18.0)
+    g = p.add_argument_group("projection (assumptions, all stated in the JSON)")
+    g.add_argument("--area-km2", type=float, default=100.0, help="city area")
+    g.add_argument("--block-edge-m", type=float, default=100.0, help="block edge length")
+    g.add_argument("--images-per-block", type=float, default=200.0, help="training images taken in each block")
+    g.add_argument("--pixels-per-image", type=float, default=1.0e6, help="pixels per training image")
+    g.add_argument("--max-loaded-blocks", type=int, default=64, help="finished blocks cached per worker")
+    g.add_argument("--gpu-speedup", type=float, default=50.0, help="how many times faster a GPU runs a step of the mclnf-city preset than this CPU")
+    g.add_argument("--gpus", type=int, default=64, help="GPUs training blocks in parallel")
+    g.add_argument("--preset-timing", type=Path, default=RESULTS / "scale.json",
+                   help="JSON with the mclnf-city preset's measured step time and block tensors (`full_preset`, from scale.py)")
+    g.add_argument("--project-from", type=Path, default=None, help="redo only the projection on this earlier result; writes --out")
     p.add_argument("--smoke", action="store_true", help="a tiny city in seconds (the test suite runs this)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -198,6 +284,13 @@ def main() -> None:
                       out=Path("/tmp/mclnf_bench_memory_smoke.json"), work=Path("/tmp/mclnf_bench_memory_smoke"))
     if args.worker:
         worker_mclnf(args)
+        return
+    if args.project_from:
+        result = json.loads(args.project_from.read_text())
+        result["projection"] = projection(args, result["capture"], result["mclnf_city"], preset_timing(args.preset_timing))
+        print_projection(result["projection"])
+        write_json(args.out, result)
+        print(f"[bench_memory] wrote {args.out}")
         return
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.work / "capture"
@@ -224,8 +317,10 @@ def main() -> None:
     if nerfacto:
         print(f"[bench_memory] nerfacto: peak RSS {nerfacto['peak_rss_mb_sampled']:,.0f} MB"
               f"{' (stopped at the cap)' if nerfacto['stopped_at_cap'] else ''}, exit {nerfacto['exit_code']}", flush=True)
+    proj = projection(args, facts, mclnf, preset_timing(args.preset_timing))
+    print_projection(proj)
     write_json(args.out, {"smoke": args.smoke, "command": " ".join(sys.argv), "capture": {**facts, "generation": generation,
-                          "options": city_options(args)}, "mclnf_city": mclnf, "nerfacto": nerfacto})
+                          "options": city_options(args)}, "mclnf_city": mclnf, "nerfacto": nerfacto, "projection": proj})
     print(f"[bench_memory] wrote {args.out}")
 
 

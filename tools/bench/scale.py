@@ -19,10 +19,8 @@ One command, one machine, one run (17 minutes on one core of the 2-core CPU mach
    `--max-loaded-blocks` blocks at most in memory, for cities of N finished blocks (a square
    of N blocks around the city centre; the rest of the trained city is left out, as if never
    built), N in `--render-sizes`. Counts blocks read from disk per view and times each read.
-4. Seconds per step of the full `mclnf-city` preset on the same capture (`--full-steps`), for
-   the projection.
-5. Projection to `--area-km2` on a GPU cluster from the measured per-block costs, with every
-   assumption named in the JSON (`projection.assumptions`).
+4. Seconds per step of the full `mclnf-city` preset on the same capture (`--full-steps`) and
+   its block tensors: `memory.py`'s projection to a large city reads them from here.
 
 Writes `--out` (JSON, every number) and prints the tables. Numbers are one run on a shared
 CPU; the point is how they change with the number of blocks, not their absolute size.
@@ -389,50 +387,6 @@ def full_preset_steps(args, data: Path, work: Path) -> Dict:
             "appearance_bytes_per_image": 4 * spec.appearance_embedding_dim + 8 + 1}  # float32 embedding, int64 image id, bool mask
 
 
-# ---------------------------------------------------------------------- projection
-def projection(args, stream: Dict, full: Dict) -> Dict:
-    """Per-block costs measured here (mclnf-city preset), scaled to --area-km2 with the assumptions listed in the result."""
-    a = {
-        "area_km2": args.area_km2,
-        "block_edge_m": args.block_edge_m,
-        "gpu_speedup_vs_this_cpu": args.gpu_speedup,
-        "gpus": args.gpus,
-        "images_per_block": args.images_per_block,
-        "pixels_per_image": args.pixels_per_image,
-        "steps_per_block": 2000,
-        "cache_blocks": args.max_loaded_blocks,
-    }
-    blocks = int(math.ceil(args.area_km2 * 1e6 / args.block_edge_m**2))
-    images = blocks * a["images_per_block"]
-    fixed = sum(v for k, v in full["block_tensor_bytes"].items() if k in ("hash_grid", "heads_and_geometry"))
-    s_step_cpu = full["s_per_step_median"]
-    per_image = full["appearance_bytes_per_image"]
-    block_own = fixed + per_image * a["images_per_block"]  # a block stores its own images' embeddings only
-    gpu_s_per_block = a["steps_per_block"] * s_step_cpu / args.gpu_speedup
-    # RAM per worker: what this run held while training that is not pixel- or cache-sized, plus the
-    # cache and one block's pixels (int32 id + RGB per pixel that sees it).
-    cap = stream["capture_bytes_in_datamanager"]
-    training_mb = max(r["rss_mb"] for r in stream["rss_mb"]["after_block"])
-    base_mb = training_mb - cap["pools_held_at_end_bytes"] / MB - args.max_loaded_blocks * stream["disk"]["block_file_mean_bytes"] / MB
-    assignments_per_pixel = cap["pixel_assignments"] / cap["pixels"]  # a pixel's ray crosses this many blocks
-    block_pool = args.images_per_block * args.pixels_per_image * assignments_per_pixel  # training pixels of one block
-    return {
-        "assumptions": a,
-        "measured_inputs": {"s_per_step_this_cpu": s_step_cpu, "block_fixed_bytes": fixed, "bytes_per_image_per_block": per_image,
-                            "non_capture_rss_mb": base_mb, "pixel_block_assignments_per_pixel": assignments_per_pixel},
-        "blocks": blocks,
-        "images": images,
-        "disk_per_block_mb": block_own / MB,
-        "disk_total_gb": blocks * block_own / 1e9,
-        # runs of pixels: about one 8-byte run per image row (4:3 images) for each block an image sees
-        "pixel_index_disk_tb": images * assignments_per_pixel * math.sqrt(args.pixels_per_image * 3 / 4) * 8 / 1e12,
-        "gpu_hours_per_block": gpu_s_per_block / 3600,
-        "gpu_hours_total": blocks * gpu_s_per_block / 3600,
-        "wall_hours_on_gpus": blocks * gpu_s_per_block / args.gpus / 3600,
-        "ram_per_worker_gb": (base_mb * MB + args.max_loaded_blocks * block_own + block_pool * (3 + 4)) / 1e9,
-    }
-
-
 # ---------------------------------------------------------------------- output
 def print_tables(result: Dict) -> None:
     s, disk = result["stream"], result["stream"]["disk"]
@@ -469,14 +423,6 @@ def print_tables(result: Dict) -> None:
         c, w = r["cold"], r["warm"]
         per = f"{c['ms_per_read']:.1f}" if c["ms_per_read"] else "-"
         print(f"{r['view']:20s} {r['city_blocks']:6d} {r['cache']:5d} {c['blocks_touched']:7d} {c['ms']:8.0f} {c['reads']:5d} {per:>7s} {w['ms']:8.0f} {w['reads']:5d}")
-    p = result["projection"]
-    if p is None:
-        return
-    a = p["assumptions"]
-    print(f"\nprojection to {a['area_km2']} km2 ({a['block_edge_m']} m blocks, GPU = {a['gpu_speedup_vs_this_cpu']}x this CPU, {a['gpus']} GPUs):")
-    print(f"  {p['blocks']:,} blocks, {p['gpu_hours_total']:,.0f} GPU-hours ({p['wall_hours_on_gpus']:.1f} h on {a['gpus']} GPUs), "
-          f"blocks on disk {p['disk_total_gb']:.0f} GB, pixel index {p['pixel_index_disk_tb']:.1f} TB, "
-          f"RAM per worker {p['ram_per_worker_gb']:.1f} GB (the largest block's pixels, the cache, the rest)")
 
 
 def main() -> None:
@@ -503,15 +449,8 @@ def main() -> None:
     g = parser.add_argument_group("rendering")
     g.add_argument("--render-sizes", type=int, nargs="+", default=[4, 16, 64], help="city sizes in blocks (squares) to render")
     g.add_argument("--render-size", type=int, nargs=2, default=[128, 96], metavar=("W", "H"), help="rendered view size (px)")
-    g = parser.add_argument_group("projection (assumptions, all stated in the JSON)")
+    g = parser.add_argument_group("mclnf-city preset (its step time feeds memory.py's projection)")
     g.add_argument("--full-steps", type=int, default=8, help="steps of the mclnf-city preset to time, measured (0: skip)")
-    g.add_argument("--area-km2", type=float, default=100.0, help="city area")
-    g.add_argument("--block-edge-m", type=float, default=100.0, help="block edge length")
-    g.add_argument("--gpu-speedup", type=float, default=50.0,
-                   help="how many times faster one GPU runs a training step of the mclnf-city preset than this CPU")
-    g.add_argument("--gpus", type=int, default=64, help="GPUs training blocks in parallel")
-    g.add_argument("--pixels-per-image", type=float, default=1.0e6, help="pixels per training image at city scale")
-    g.add_argument("--images-per-block", type=float, default=200.0, help="training images per block at city scale")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json", help="JSON written here")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds on a 2x2-block city with tiny images and a few steps: checks that the benchmark runs "
@@ -550,7 +489,6 @@ def main() -> None:
         "full_preset": full,
         "rss_samples": sampler.samples[:: max(1, int(round(1.0 / args.sample_interval)))],  # about one a second
     }
-    result["projection"] = projection(args, stream, full) if full else None  # the projection is for the mclnf-city preset
     write_json(args.out, result)
     print_tables(result)
     print(f"\nwrote {args.out}")
