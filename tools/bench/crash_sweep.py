@@ -31,8 +31,10 @@ from mclnf_city.files import CRASH_AT  # noqa: E402
 from mclnf_city.store import CityStore  # noqa: E402
 
 
-def kill_points(steps_per_block: int, smoke: bool) -> List[str]:
-    """Where to die: `event:name-glob@n` (the n-th time the point is reached in a process)."""
+def kill_points(steps_per_block: int, smoke: bool, blocks: int, processes: int) -> List[str]:
+    """Where to die: `event:name-glob@n` (the n-th time the point is reached in a process). Each
+    process counts its own steps: its share of the blocks times the steps per block."""
+    steps = -(-blocks // processes) * steps_per_block
     points = [
         f"step:{steps_per_block + steps_per_block // 2}",  # mid-block (the second block)
         "rename:block_*.pt@2",  # the second block file written, not yet in place
@@ -43,7 +45,7 @@ def kill_points(steps_per_block: int, smoke: bool) -> List[str]:
         "rename:index.json",  # the pixel index, staged before it is published
         "rename:test_0001.png",  # the report's renders
         "rename:metrics.json",  # the report's metrics, its last write
-        f"step:{4 * steps_per_block - 2}",  # near the end of the stream
+        f"step:{steps - 2}",  # near the end of the stream
     ]
     return [points[0], points[1], points[8]] if smoke else points
 
@@ -81,7 +83,7 @@ def sweep(data: Path, work: Path, processes: int, args) -> List[Dict]:
     reference = city_state(ref_out / "sweep" / "mclnf-city-tiny" / "run")
     print(f"[crash_sweep] {processes} process(es): uninterrupted run {time.time() - start:.0f} s, {len(reference['blocks'])} blocks")
     rows = []
-    for k, point in enumerate(kill_points(args.steps_per_block, args.smoke)):
+    for k, point in enumerate(kill_points(args.steps_per_block, args.smoke, len(reference["blocks"]), processes)):
         out = work / f"p{processes}_kill{k}"
         out.mkdir(parents=True, exist_ok=True)
         killed = ns_train(data, out, "killed", args, {**env, CRASH_AT: point}, devices)
