@@ -185,13 +185,14 @@ def projection(args, capture: Dict, mclnf: Dict, preset: Dict) -> Dict:
          "preset_timing": f"{preset['source']}: {preset['s_per_step_median']:.3f} s per step at {preset['rays_per_step']} rays"}
     loads = {r["block"]: r for r in mclnf["loads"]}  # first load of every block
     train_pixels = mclnf["train_images"] * capture["width"] * capture["height"]
+    block_pixels_total = sum(r["pixels"] for r in loads.values())
     crossings = {  # measured on this capture: how many blocks see a pixel, and an image
-        "blocks_per_pixel": sum(r["pixels"] for r in loads.values()) / train_pixels,
+        "blocks_per_pixel": block_pixels_total / train_pixels,
         "blocks_per_image": sum(r["images"] for r in loads.values()) / mclnf["train_images"],
     }
     pool_bytes_per_pixel = max(r["bytes"] / r["pixels"] for r in loads.values())
-    mean_block_pixels = sum(r["pixels"] for r in loads.values()) / len(loads)
-    index_bytes_per_pixel = mclnf["pixel_file_bytes_mean"] * len(loads) / sum(r["pixels"] for r in loads.values())
+    mean_block_pixels = block_pixels_total / len(loads)
+    index_bytes_per_pixel = mclnf["pixel_file_bytes_mean"] * len(loads) / block_pixels_total
     largest = max(r["bytes"] for r in loads.values()) / MB
     # RSS that is neither the capture's pixels nor the cache: the process after set-up, plus what a
     # step needs beyond the largest pool (the measured peak minus both).
