@@ -146,3 +146,17 @@ def test_upside_down_up_is_named():
     pts = torch.cat([torch.rand(200, 2, dtype=torch.float64) * 4, torch.rand(200, 1, dtype=torch.float64) * 0.5], 1)
     bounds = estimate_bounds(c2w, pts, up=(0.0, 0.0, -1.0))
     assert any("upside down" in w for w in bounds.report.warnings)
+
+
+def test_a_capture_without_ground_truth_is_refused_by_name(tiny_capture, tmp_path, capsys):
+    """A real capture (no gt/) gets a message naming it and what is missing, not a traceback."""
+    from mclnf_city.scenes.check_bounds import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_capture)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(tiny_capture) in err and "no ground-truth geometry" in err and "city_bounds.png" in err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nothing_here")])
+    assert "no transforms.json" in capsys.readouterr().err

@@ -37,9 +37,32 @@ from mclnf_city.scenes.zoo import ZOO, generate_scene
 TEST_INTERVAL = 8
 
 
+class NoGroundTruth(ValueError):
+    """The capture has no known geometry to measure the city box against."""
+
+
+def require_ground_truth(capture: Path) -> None:
+    """Refuse, naming the capture and what is missing, before anything is parsed."""
+    capture = Path(capture)
+    if (capture / "gt" / "visible_points.npz").exists():
+        return
+    frames = json.loads((capture / "transforms.json").read_text())["frames"]
+    depth = capture / "gt" / "depth"
+    missing = [Path(f["file_path"]).stem + ".npy" for f in frames if not (depth / (Path(f["file_path"]).stem + ".npy")).exists()]
+    if missing:
+        what = "no gt/ directory" if not (capture / "gt").exists() else f"{len(missing)} of {len(frames)} depth maps missing in {depth} (e.g. {missing[0]})"
+        raise NoGroundTruth(
+            f"{capture}: no ground-truth geometry to check the city box against ({what}; it needs "
+            "gt/visible_points.npz from mclnf-scene-zoo or gt/depth/*.npy from mclnf-make-city --write-depth). "
+            "For a real capture, ns-train mclnf-city prints its city box against the sparse points and cameras "
+            "at start and draws it in city_bounds.png in the run directory."
+        )
+
+
 def visible_points(capture: Path, train_frames: List[int]) -> np.ndarray:
     """[N, 3] surface points (capture world frame) seen by the given frames (transforms.json order)."""
     capture = Path(capture)
+    require_ground_truth(capture)
     npz = capture / "gt" / "visible_points.npz"
     if npz.exists():
         data = np.load(npz)
@@ -70,6 +93,7 @@ def parse(capture: Path):
 
 def bounds_figures(capture: Path, **bounds_options) -> Dict:
     """Estimate the city box of a capture as the pipeline does and measure it against the visible geometry."""
+    require_ground_truth(capture)
     outputs = parse(capture)
     c2w = outputs.cameras.camera_to_worlds
     check_camera_spread(c2w)
@@ -118,6 +142,13 @@ def main(argv=None) -> int:
             captures += zoo_captures(Path(tmp), args.width, args.height, args.frames)
         if not captures:
             p.error("give captures or --zoo")
+        for capture in captures:
+            if not (Path(capture) / "transforms.json").is_file():
+                p.error(f"{capture}: no transforms.json (not a nerfstudio capture)")
+            try:
+                require_ground_truth(capture)
+            except NoGroundTruth as e:
+                p.error(str(e))
         rows = [bounds_figures(c, depth_probe=not args.no_probe) for c in captures]
     print(f"{'capture':28s} {'source':32s} {'points':>7s} {'inside':>8s} {'volume':>7s}  warnings")
     for r in rows:
