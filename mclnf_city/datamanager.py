@@ -25,7 +25,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from mclnf_city.block_pixels import BlockPool, PixelIndex, TrainImages, fingerprint
-from mclnf_city.fisher import ScoreBuffer
+from mclnf_city.fisher import FisherConfig, ScoreBuffer, score_groups
 from mclnf_city.partition import BlockPartition
 
 
@@ -87,9 +87,9 @@ class CityDataManager(VanillaDataManager):
         self._kept_images: Dict[int, Tensor] = {}
         self._pools: "OrderedDict[int, BlockPool]" = OrderedDict()
         self.active_block: Optional[int] = None
-        # FIM-NeRF sampling (off unless the pipeline sets a uniform fraction): the active
-        # block's per-pixel scores. Not checkpointed: a resumed block starts it afresh.
-        self.fisher_uniform_fraction: Optional[float] = None
+        # FIM-NeRF sampling (off unless the pipeline sets its settings): the active
+        # block's scores. Not checkpointed: a resumed block starts it afresh.
+        self.fisher: Optional[FisherConfig] = None
         self.score_buffer: Optional[Tuple[int, ScoreBuffer]] = None
         self.train_pixel_sampler = BlockPixelSampler(self.config.train_num_rays_per_batch, self.config.seed)
 
@@ -173,13 +173,16 @@ class CityDataManager(VanillaDataManager):
             return self._any_training_rays()
         pool = self.pool(self.active_block)
         buffer = self._score_buffer()
+        draw_probability = None
         if buffer is not None:
             n = self.train_pixel_sampler.num_rays_per_batch
-            positions = buffer.sample(n, self.train_pixel_sampler.generator(self.active_block, step))
+            positions, draw_probability = buffer.sample(n, self.train_pixel_sampler.generator(self.active_block, step))
         else:
             positions = self.train_pixel_sampler.sample(len(pool), self.active_block, step)
         indices = pool.indices(positions, self.widths)
         batch = {"image": pool.colors[positions].float().div_(255.0).to(self.device), "indices": indices, "pool_positions": positions}
+        if draw_probability is not None:
+            batch["draw_probability"], batch["pool_size"] = draw_probability.to(self.device), len(pool)
         return self.train_ray_generator(indices.to(self.device)), batch
 
     def _any_training_rays(self) -> Tuple[RayBundle, Dict]:
@@ -202,10 +205,14 @@ class CityDataManager(VanillaDataManager):
         return self.train_ray_generator(indices.to(self.device)), batch
 
     def _score_buffer(self) -> Optional[ScoreBuffer]:
-        if self.fisher_uniform_fraction is None or self.active_block is None:
+        if self.fisher is None or not self.fisher.sampling or self.active_block is None:
             return None
         if self.score_buffer is None or self.score_buffer[0] != self.active_block:
-            self.score_buffer = (self.active_block, ScoreBuffer(len(self.pool(self.active_block)), self.fisher_uniform_fraction))
+            pool, fisher = self.pool(self.active_block), self.fisher
+            groups = None
+            if fisher.granularity != "pixel":
+                groups = score_groups(pool.indices(torch.arange(len(pool)), self.widths), fisher.granularity)
+            self.score_buffer = (self.active_block, ScoreBuffer(len(pool), fisher.uniform_fraction, groups, fisher.score_decay))
         return self.score_buffer[1]
 
     def record_scores(self, batch: Dict, scores: Tensor) -> None:

@@ -26,12 +26,20 @@ ranks rays like the exact score over all parameters.
   u/N + (1 − u) s_p / Σ s, from a per-pixel score buffer refreshed with the scores of the
   rays just trained on (pixels not scored yet count as the largest score seen, so they
   are visited early). u > 0 keeps every pixel's probability above zero.
+
+Variants of the sampling, for the study in tools/bench/fisher_study.py:
+- importance correction: each drawn ray's loss weighted by clamp(1 / (N p), lo, hi), so the
+  weighted loss estimates the block's mean loss instead of the score-weighted one;
+- score freshness: stored scores relax toward their mean by a factor each step (decay < 1),
+  instead of changing only when their pixel is drawn again;
+- granularity: one score per pixel, per 16 × 16 patch of an image, or per image (a drawn
+  ray refreshes its group's score with the mean score of the group's rays in the batch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -51,10 +59,29 @@ class FisherConfig:
     """Bounds of the loss weights (relative to the batch's mean score)."""
     uniform_fraction: float = 0.5
     """Share of the sampling probability spread uniformly over the block's pixels (> 0: every pixel can be drawn)."""
+    importance_correction: bool = False
+    """With sampling: weight each ray's loss by 1 / (N p) of its draw, clamped to the weight range (the loss then estimates the block's mean loss, not the score-weighted one)."""
+    score_decay: float = 1.0
+    """With sampling: every step the stored scores relax toward their mean by this factor (1: a score changes only when its pixel is drawn again)."""
+    granularity: Literal["pixel", "patch", "image"] = "pixel"
+    """With sampling: what one score covers, a pixel, a 16 x 16 patch of an image, or a whole image."""
 
     @property
     def enabled(self) -> bool:
         return self.loss_weighting or self.sampling
+
+    def check(self) -> None:
+        """Refuse settings that would silently do nothing or break the sampler."""
+        if not self.sampling and (self.importance_correction or self.score_decay != 1.0 or self.granularity != "pixel"):
+            raise ValueError("--pipeline.fisher.importance-correction, --pipeline.fisher.score-decay and "
+                             "--pipeline.fisher.granularity act on the sampling: set --pipeline.fisher.sampling True")
+        if not 0.0 <= self.score_decay <= 1.0:
+            raise ValueError(f"--pipeline.fisher.score-decay must be in [0, 1], got {self.score_decay}")
+        lo, hi = self.weight_range
+        if not 0 < lo <= 1 <= hi:
+            raise ValueError(f"--pipeline.fisher.weight-range must satisfy 0 < lo <= 1 <= hi, got {self.weight_range}")
+
+PATCH = 16  # pixels on a side of a score patch (granularity "patch")
 
 
 def last_layer_fisher(
@@ -124,30 +151,68 @@ def fisher_loss_weights(scores: Tensor, bounds: Tuple[float, float]) -> Tensor:
     return (scores / scores.mean().clamp_min(1e-20)).clamp(lo, hi)
 
 
-class ScoreBuffer:
-    """Per-pixel scores of one block's training pixels, and draws ∝ score mixed with uniform."""
+def score_groups(pixels: Tensor, granularity: str) -> Optional[Tensor]:
+    """Group id of each pool pixel ([N] long) from its (image, row, column) [N, 3]; None per pixel."""
+    if granularity == "pixel":
+        return None
+    if granularity == "image":
+        keys = pixels[:, 0]
+    elif granularity == "patch":
+        keys = torch.stack([pixels[:, 0], pixels[:, 1] // PATCH, pixels[:, 2] // PATCH], dim=-1)
+    else:
+        raise ValueError(f"unknown FIM-NeRF granularity {granularity!r}: pixel, patch or image")
+    return torch.unique(keys, dim=0, return_inverse=True)[1].flatten() if keys.dim() > 1 else torch.unique(keys, return_inverse=True)[1]
 
-    def __init__(self, num_pixels: int, uniform_fraction: float):
+
+class ScoreBuffer:
+    """Scores of one block's training pixels (one per pixel, or one per group of pixels), and
+    draws ∝ score mixed with uniform."""
+
+    def __init__(self, num_pixels: int, uniform_fraction: float, groups: Optional[Tensor] = None, decay: float = 1.0):
         if not 0.0 < uniform_fraction <= 1.0:
             raise ValueError(f"--pipeline.fisher.uniform-fraction must be in (0, 1], got {uniform_fraction}")
-        self.uniform_fraction = uniform_fraction
-        self.scores = torch.full((num_pixels,), float("nan"))
+        self.uniform_fraction, self.decay, self.num_pixels = uniform_fraction, decay, num_pixels
+        self.groups = groups
+        self.scores = torch.full((num_pixels if groups is None else int(groups.max()) + 1,), float("nan"))
 
     def probabilities(self) -> Tensor:
+        """[N] draw probability of every pixel."""
+        n = self.num_pixels
         seen = ~torch.isnan(self.scores)
-        n = len(self.scores)
         if not seen.any():
             return torch.full((n,), 1.0 / n)
         filled = torch.where(seen, self.scores, self.scores[seen].max())  # unseen: optimistic
-        total = filled.sum()
-        proportional = filled / total if total > 0 else torch.full((n,), 1.0 / n)
+        per_pixel = filled if self.groups is None else filled[self.groups]
+        total = per_pixel.sum()
+        proportional = per_pixel / total if total > 0 else torch.full((n,), 1.0 / n)
         return self.uniform_fraction / n + (1.0 - self.uniform_fraction) * proportional
 
-    def sample(self, num: int, generator: torch.Generator) -> Tensor:
-        """Positions in the pixel pool, drawn with replacement (inverse CDF: no 2^24 category limit)."""
-        cdf = torch.cumsum(self.probabilities().double(), 0)
+    def sample(self, num: int, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+        """Positions in the pixel pool, drawn with replacement (inverse CDF: no 2^24 category
+        limit), and the probability each was drawn with."""
+        probabilities = self.probabilities().double()
+        cdf = torch.cumsum(probabilities, 0)
         u = torch.rand(num, generator=generator, dtype=torch.float64) * cdf[-1]
-        return torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1)
+        positions = torch.searchsorted(cdf, u, right=True).clamp_max(len(cdf) - 1)
+        return positions, (probabilities[positions] / cdf[-1]).float()
 
     def update(self, positions: Tensor, scores: Tensor) -> None:
-        self.scores[positions.cpu()] = scores.detach().float().cpu()
+        positions, scores = positions.cpu(), scores.detach().float().cpu()
+        if self.decay < 1.0:
+            seen = ~torch.isnan(self.scores)
+            if seen.any():
+                self.scores[seen] = self.decay * self.scores[seen] + (1.0 - self.decay) * self.scores[seen].mean()
+        if self.groups is None:
+            self.scores[positions] = scores
+            return
+        groups = self.groups[positions]
+        total = torch.zeros_like(self.scores).index_add_(0, groups, scores)
+        count = torch.zeros_like(self.scores).index_add_(0, groups, torch.ones_like(scores))
+        drawn = count > 0
+        self.scores[drawn] = total[drawn] / count[drawn]
+
+
+def importance_weights(draw_probability: Tensor, num_pixels: int, bounds: Tuple[float, float]) -> Tensor:
+    """clamp(1 / (N p), lo, hi): the weight that makes a score-driven draw an unbiased estimate of the mean loss."""
+    lo, hi = bounds
+    return (1.0 / (num_pixels * draw_probability.clamp_min(1e-30))).clamp(lo, hi)

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from nerfstudio.cameras.rays import RayBundle, RaySamples
+from nerfstudio.model_components.losses import distortion_loss
 from nerfstudio.model_components.renderers import DepthRenderer
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.models.base_model import Model, ModelConfig
@@ -73,6 +74,8 @@ class CityModelConfig(ModelConfig):
     """Finished blocks kept in memory at once (least recently used are dropped and re-read). It must hold the blocks one training batch touches, or every step re-reads them from disk (4.8x slower steps at 8 in a 64-block city: tools/bench/scale.py); a block is about 3 MB."""
     eval_num_rays_per_chunk: int = 4096
     """Rays rendered at once when rendering whole images."""
+    distortion_loss_mult: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss on the rendering weights (nerfstudio's), over the ray's segment in the city box: it pulls each ray's weight together into few surfaces instead of fog (0: off)."""
 
 
 class BlockCache:
@@ -327,6 +330,8 @@ class CityModel(Model):
         rgb, accumulation = composite(weights, sample_rgb, background)
         depth = self.depth_renderer(weights=weights, ray_samples=fine)
         outputs = {"rgb": rgb, "accumulation": accumulation, "depth": depth}
+        if self.training and self.config.distortion_loss_mult > 0:
+            outputs["distortion"] = distortion_loss([weights], [fine])
         if with_features:  # what FIM-NeRF's closed-form score needs (CityModel.fisher_scores)
             outputs["fisher_inputs"] = dict(
                 weights=weights.detach(), sample_rgb=sample_rgb.detach(), density=density.detach(),
@@ -353,7 +358,10 @@ class CityModel(Model):
         gt = _rgb(batch["image"]).to(outputs["rgb"])
         per_ray = torch.mean((outputs["rgb"] - gt) ** 2, dim=-1)
         weights = batch.get("ray_weights")
-        return {"rgb_loss": torch.mean(per_ray if weights is None else per_ray * weights.to(per_ray))}
+        losses = {"rgb_loss": torch.mean(per_ray if weights is None else per_ray * weights.to(per_ray))}
+        if "distortion" in outputs:
+            losses["distortion_loss"] = self.config.distortion_loss_mult * outputs["distortion"]
+        return losses
 
     def fisher_scores(self, outputs: Dict[str, Tensor], batch: Dict, exact: bool = False) -> Tensor:
         """FIM-NeRF score of every training ray [R] for the active slot (see mclnf_city/fisher.py)."""

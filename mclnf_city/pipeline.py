@@ -28,7 +28,7 @@ from mclnf_city.capture import check_cameras, check_capture
 from mclnf_city.datamanager import CityDataManagerConfig
 from mclnf_city.fields import require_same_keys
 from mclnf_city.files import crash_point
-from mclnf_city.fisher import FisherConfig, fisher_loss_weights
+from mclnf_city.fisher import FisherConfig, fisher_loss_weights, importance_weights
 from mclnf_city.meta import call
 from mclnf_city.model import CityModelConfig
 from mclnf_city.bounds import capture_bounds, save_bounds_figure
@@ -110,6 +110,7 @@ class CityPipeline(VanillaPipeline):
         self.rank = distributed.rank()
         if world_size > 1 and (config.grow_city is not None or config.recapture_blocks):
             raise ValueError("--pipeline.grow-city and --pipeline.recapture-blocks train on one process for now")
+        config.fisher.check()
         data = config.datamanager.data or config.datamanager.dataparser.data
         check_capture(config.datamanager.dataparser, data)
         with grow.city_frame(config):  # a grown city's capture is parsed in the city's frame (grow.py)
@@ -186,7 +187,7 @@ class CityPipeline(VanillaPipeline):
                 self.model.prior = prior.absorb_finished_blocks(self.store, self.model.prior, self.stream, config.meta.continual_epsilon)
             self.model.fisher_features = config.fisher.enabled
             if config.fisher.sampling:
-                self.datamanager.fisher_uniform_fraction = config.fisher.uniform_fraction
+                self.datamanager.fisher = config.fisher
         self._optimizers = None
         self._trainer = None
         self._block_started_at = time.time()
@@ -278,8 +279,12 @@ class CityPipeline(VanillaPipeline):
         if fisher.enabled:
             scores = self.model.fisher_scores(outputs, batch, exact=fisher.score == "exact")
             self.datamanager.record_scores(batch, scores)
-            if fisher.loss_weighting:
-                batch["ray_weights"] = fisher_loss_weights(scores, fisher.weight_range)
+            weights = fisher_loss_weights(scores, fisher.weight_range) if fisher.loss_weighting else None
+            if fisher.importance_correction and "draw_probability" in batch:
+                correction = importance_weights(batch["draw_probability"], batch["pool_size"], fisher.weight_range)
+                weights = correction if weights is None else weights * correction
+            if weights is not None:
+                batch["ray_weights"] = weights
             metrics["fisher_score_mean"] = scores.mean()
         return outputs, self.model.get_loss_dict(outputs, batch, metrics), metrics
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_trainer_config
-from mclnf_city.fisher import ScoreBuffer, exact_fisher, fisher_loss_weights
+from mclnf_city.fisher import FisherConfig, ScoreBuffer, exact_fisher, fisher_loss_weights, importance_weights, score_groups
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -41,11 +41,11 @@ def trained_block(tiny_capture, tmp_path_factory):
 
 def _batch(pipeline, step=50_000, rays=48):
     dm = pipeline.datamanager
-    dm.fisher_uniform_fraction, saved = None, dm.fisher_uniform_fraction  # a plain uniform batch
+    dm.fisher, saved = None, dm.fisher  # a plain uniform batch
     try:
         ray_bundle, batch = dm.next_train(step)
     finally:
-        dm.fisher_uniform_fraction = saved
+        dm.fisher = saved
     keep = slice(0, rays)
     return ray_bundle[keep], {"image": batch["image"][keep], "indices": batch["indices"][keep]}
 
@@ -114,7 +114,8 @@ def test_sampler_draws_every_pixel_with_nonzero_probability():
     assert torch.isclose(p.sum(), torch.tensor(1.0))
     assert (p >= 0.2 / 1000 * (1 - 1e-6)).all()
     assert p[600] == p[7] > p[0]  # unseen pixels count as the largest score seen
-    draws = buffer.sample(200_000, torch.Generator().manual_seed(0))
+    draws, drawn_with = buffer.sample(200_000, torch.Generator().manual_seed(0))
+    assert torch.allclose(drawn_with, p[draws])
     counts = torch.bincount(draws, minlength=1000).double()
     expected = p.double() * len(draws)
     assert torch.allclose(counts[7], expected[7], rtol=0.02)
@@ -124,3 +125,81 @@ def test_sampler_draws_every_pixel_with_nonzero_probability():
 def test_sampler_rejects_zero_uniform_fraction():
     with pytest.raises(ValueError, match="uniform-fraction"):
         ScoreBuffer(10, uniform_fraction=0.0)
+
+
+def test_importance_correction_makes_the_weighted_loss_an_unbiased_mean():
+    """E over score-driven draws of w(p) * loss = the block's mean loss, when no weight is clamped."""
+    n = 50
+    buffer = ScoreBuffer(n, uniform_fraction=0.3)
+    buffer.update(torch.arange(n), torch.linspace(0.1, 5.0, n))
+    losses = torch.rand(n, generator=torch.Generator().manual_seed(3)).double()
+    p = buffer.probabilities().double()
+    weights = importance_weights(p, n, (1e-6, 1e6)).double()
+    assert torch.isclose((p * weights * losses).sum(), losses.mean())
+    positions, drawn_with = buffer.sample(400_000, torch.Generator().manual_seed(4))
+    estimate = (importance_weights(drawn_with, n, (1e-6, 1e6)).double() * losses[positions]).mean()
+    assert abs(estimate - losses.mean()) < 0.01 * losses.mean()
+    assert float(importance_weights(torch.tensor([1e-9, 1.0]), n, (0.5, 2.0)).max()) == 2.0  # clamped
+
+
+def test_group_scores_spread_over_their_pixels():
+    pixels = torch.tensor([[0, 0, 0], [0, 0, 20], [0, 17, 3], [1, 0, 0], [1, 5, 5]])
+    image = score_groups(pixels, "image")
+    patch = score_groups(pixels, "patch")
+    assert image.tolist() == [0, 0, 0, 1, 1]
+    assert patch[0] == patch[2 - 2] and len(set(patch.tolist())) == 4 and patch[3] == patch[4]
+    assert score_groups(pixels, "pixel") is None
+    buffer = ScoreBuffer(5, uniform_fraction=0.5, groups=image)
+    buffer.update(torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))  # image 0 scored 2 (mean of its rays)
+    buffer.update(torch.tensor([3]), torch.tensor([6.0]))
+    p = buffer.probabilities()
+    assert torch.isclose(p.sum(), torch.tensor(1.0))
+    assert torch.allclose(p[:3], p[0].expand(3)) and torch.allclose(p[3:], p[3].expand(2))
+    total = 3 * 2.0 + 2 * 6.0
+    assert torch.isclose(p[3], torch.tensor(0.5 / 5 + 0.5 * 6.0 / total))
+
+
+def test_score_decay_relaxes_stale_scores_toward_their_mean():
+    buffer = ScoreBuffer(4, uniform_fraction=0.5, decay=0.5)
+    buffer.update(torch.arange(4), torch.tensor([0.0, 0.0, 0.0, 8.0]))
+    buffer.update(torch.tensor([0]), torch.tensor([1.0]))  # the others relax: mean 2
+    assert torch.allclose(buffer.scores, torch.tensor([1.0, 1.0, 1.0, 5.0]))
+    fresh = ScoreBuffer(4, uniform_fraction=0.5)
+    fresh.update(torch.arange(4), torch.tensor([0.0, 0.0, 0.0, 8.0]))
+    fresh.update(torch.tensor([0]), torch.tensor([1.0]))
+    assert fresh.scores.tolist() == [1.0, 0.0, 0.0, 8.0]
+
+
+def test_sampling_variants_without_sampling_are_refused():
+    for bad in (dict(importance_correction=True), dict(score_decay=0.9), dict(granularity="image")):
+        with pytest.raises(ValueError, match="fisher.sampling"):
+            FisherConfig(**bad).check()
+    with pytest.raises(ValueError, match="score-decay"):
+        FisherConfig(sampling=True, score_decay=1.5).check()
+    FisherConfig(sampling=True, importance_correction=True, score_decay=0.9, granularity="patch").check()
+
+
+def test_patch_scores_with_importance_correction_in_training(trained_block):
+    """The variants run in the stream: one score per patch, and every ray's loss weighted by
+    the clamped product of its FIM weight and 1 / (N p)."""
+    pipeline, _ = trained_block
+    fisher, dm = pipeline.config.fisher, pipeline.datamanager
+    saved = (fisher.granularity, fisher.importance_correction, fisher.score_decay, dm.score_buffer)
+    seen = []
+    real_loss = pipeline.model.get_loss_dict
+    pipeline.model.get_loss_dict = lambda outputs, batch, metrics=None: seen.append(batch) or real_loss(outputs, batch, metrics)
+    try:
+        fisher.granularity, fisher.importance_correction, fisher.score_decay = "patch", True, 0.9
+        dm.score_buffer = None
+        for step in range(3):
+            pipeline.get_train_loss_dict(step)
+        _, buffer = dm.score_buffer
+        assert buffer.groups is not None and len(buffer.scores) < buffer.num_pixels
+        assert 0 < int((~torch.isnan(buffer.scores)).sum()) < len(buffer.scores)
+        for batch in seen:
+            w = batch["ray_weights"]
+            assert w.shape == batch["draw_probability"].shape and (w >= 0.25 - 1e-6).all() and (w <= 4.0 + 1e-6).all()
+        assert not torch.allclose(seen[-1]["ray_weights"], torch.ones_like(seen[-1]["ray_weights"]))
+    finally:
+        pipeline.model.get_loss_dict = real_loss
+        fisher.granularity, fisher.importance_correction, fisher.score_decay, dm.score_buffer = saved

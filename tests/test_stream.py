@@ -255,3 +255,21 @@ def test_capped_evaluation_renders_the_same_view_smaller(trained):
     print(f"downscaled render vs full render averaged down: {same:.1f} dB (mirrored: {mirrored:.1f} dB)")
     assert same > 25 and same > mirrored + 5, "the downscaled render is not the same view"
     assert torch.equal(pipeline.report.render_test_view(0, max_pixels=height * width)[0], full)  # no cap needed: untouched
+
+
+def test_distortion_loss_is_added_only_when_asked_and_only_in_training(trained):
+    _, pipeline, _, _ = trained
+    model = pipeline.model
+    ray_bundle, batch = pipeline.datamanager.next_train(0)
+    saved, was_training = model.config.distortion_loss_mult, model.training
+    try:
+        model.train()
+        assert "distortion_loss" not in model.get_loss_dict(model(ray_bundle), batch)
+        model.config.distortion_loss_mult = 0.01
+        losses = model.get_loss_dict(model(ray_bundle), batch)
+        assert torch.isfinite(losses["distortion_loss"]) and float(losses["distortion_loss"]) > 0
+        model.eval()
+        assert "distortion" not in model(ray_bundle)
+    finally:
+        model.config.distortion_loss_mult = saved
+        model.train(was_training)

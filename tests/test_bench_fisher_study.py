@@ -1,0 +1,59 @@
+"""The FIM-NeRF study runs (smoke mode): every variant it names is a valid setting, and the
+verdict follows its rule."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "tools" / "bench"))
+import fisher_study  # noqa: E402
+
+from mclnf_city.fisher import FisherConfig  # noqa: E402
+from common import parse_setting  # noqa: E402
+
+
+def test_every_variant_is_a_valid_fisher_setting():
+    for name, settings in fisher_study.VARIANTS.items():
+        config = FisherConfig()
+        for text in settings:
+            path, value = parse_setting(text)
+            assert path.startswith("pipeline.fisher."), (name, path)
+            field = path.split(".")[-1]
+            assert hasattr(config, field), (name, field)
+            setattr(config, field, value)
+        config.check()
+        assert config.enabled == (name != "off"), name
+
+
+def test_verdict_needs_the_mean_gain_and_no_capture_far_behind():
+    def cell(psnr):
+        return {"psnr": psnr}
+
+    summary = {"60.0": {
+        "off": {"a": cell(20.0), "b": cell(20.0)},
+        "good": {"a": cell(20.5), "b": cell(20.2)},
+        "uneven": {"a": cell(21.5), "b": cell(19.7)},
+        "small": {"a": cell(20.2), "b": cell(20.2)},
+    }}
+    v = fisher_study.verdict(summary)
+    assert v["good"]["wins"] and math.isclose(v["good"]["mean_gain_db"], 0.35)
+    assert not v["uneven"]["wins"] and not v["small"]["wins"]
+
+
+def test_bench_fisher_study_smoke(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / "fisher_study.py"), "--smoke", "--out", str(out),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert {r["variant"] for r in result["runs"]} == {"off", "sampling_corrected"}
+    for r in result["runs"]:
+        assert math.isfinite(r["test_psnr"]) and r["steps"] >= 1
+    assert "sampling_corrected" in result["verdict"]
+    assert (out / "psnr_vs_time.png").stat().st_size > 0
+    assert "| sampling_corrected |" in (out / "results.md").read_text()

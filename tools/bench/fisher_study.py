@@ -1,0 +1,191 @@
+"""FIM-NeRF variants against plain training, at equal wall time, on validation views.
+
+    python tools/bench/fisher_study.py --captures oblique_serpentine street_walk \\
+        --real lund_door=/data/lund_door_capture lund_street=/data/lund_street_capture \\
+        --seeds 0 1 2 --budgets 300 600 --out tools/bench/results/fisher
+    python tools/bench/fisher_study.py --list           # the variants and their settings
+    python tools/bench/fisher_study.py --smoke          # seconds: the test suite runs this
+
+Every run is one `tools/bench/zoo.py` run of the `mclnf-city` preset with `--split validation`
+(the test images are removed from the capture; every 8th remaining image is a validation view)
+and a training budget in seconds: a calibration stream sizes the steps per block of each
+variant to fill the budget, so what FIM-NeRF costs per step is paid in steps. The variants
+differ only in `--pipeline.fisher.*` (see mclnf_city/fisher.py for what each does).
+
+The verdict rule: a variant wins when its mean gain over `off` (per capture, mean over seeds,
+then mean over captures) is >= +0.3 dB at the largest budget and no capture loses more than
+0.2 dB. Output: results.json (every run), results.md (the table and the verdict) and
+psnr_vs_time.png (validation PSNR against the budget, per variant and capture).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from common import RESULTS
+
+HERE = Path(__file__).resolve().parent
+SAMPLING = ["pipeline.fisher.sampling=True"]
+VARIANTS: Dict[str, List[str]] = {
+    "off": [],
+    "weighting": ["pipeline.fisher.loss_weighting=True"],
+    "sampling": SAMPLING,
+    "both": ["pipeline.fisher.loss_weighting=True", *SAMPLING],
+    "sampling_corrected": [*SAMPLING, "pipeline.fisher.importance_correction=True", "pipeline.fisher.weight_range=(0.25,4.0)"],
+    "sampling_decay": [*SAMPLING, "pipeline.fisher.score_decay=0.99"],
+    "sampling_patch": [*SAMPLING, "pipeline.fisher.granularity='patch'"],
+    "sampling_image": [*SAMPLING, "pipeline.fisher.granularity='image'"],
+    "sampling_u0.2": [*SAMPLING, "pipeline.fisher.uniform_fraction=0.2"],
+    "sampling_u0.8": [*SAMPLING, "pipeline.fisher.uniform_fraction=0.8"],
+    "weighting_wide": ["pipeline.fisher.loss_weighting=True", "pipeline.fisher.weight_range=(0.25,4.0)"],
+}
+WIN_MEAN_DB, WORST_CAPTURE_DB = 0.3, -0.2
+
+
+def run_variant(args, variant: str, budget: float, out: Path) -> List[Dict]:
+    """One zoo.py run (every capture and seed) of a variant at a budget; its runs."""
+    cmd = [sys.executable, str(HERE / "zoo.py"), "--methods", "mclnf-city", "--split", "validation", "--budget", str(budget),
+           "--seeds", *map(str, args.seeds), "--work", str(args.work), "--out", str(out), "--captures", *args.captures]
+    if args.real:
+        cmd += ["--real", *args.real]
+    if args.smoke:
+        cmd += ["--smoke"]
+    if VARIANTS[variant] or args.mclnf_set:
+        cmd += ["--mclnf-set", *VARIANTS[variant], *args.mclnf_set]
+    print(f"== {variant} at {budget:g} s: {' '.join(cmd[1:])}", flush=True)
+    proc = subprocess.run(cmd, text=True, capture_output=True)
+    (out / "study.log").parent.mkdir(parents=True, exist_ok=True)
+    (out / "study.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} at {budget:g} s failed, see {out / 'study.log'}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    for r in runs:
+        r.update(variant=variant, budget=budget)
+    return runs
+
+
+def table(runs: List[Dict]) -> Dict:
+    """budget -> variant -> capture -> {psnr: mean over seeds, seeds: [...], steps, train_s}."""
+    out: Dict = {}
+    for r in runs:
+        cell = out.setdefault(str(r["budget"]), {}).setdefault(r["variant"], {}).setdefault(r["capture"], {"runs": []})
+        cell["runs"].append(r)
+    for by_variant in out.values():
+        for by_capture in by_variant.values():
+            for cell in by_capture.values():
+                rs = cell.pop("runs")
+                cell.update(psnr=statistics.mean(r["test_psnr"] for r in rs), ssim=statistics.mean(r["test_ssim"] for r in rs),
+                            psnr_per_seed={r["seed"]: r["test_psnr"] for r in rs},
+                            steps=statistics.mean(r["steps"] for r in rs), train_s=statistics.mean(r["train_s"] for r in rs))
+    return out
+
+
+def verdict(summary: Dict) -> Dict[str, Dict]:
+    """Per variant at the largest budget: gain over `off` per capture, its mean, and whether it wins."""
+    budget = max(summary, key=float)
+    base = summary[budget].get("off")
+    result = {}
+    for variant, by_capture in summary[budget].items():
+        if variant == "off" or base is None:
+            continue
+        gains = {c: by_capture[c]["psnr"] - base[c]["psnr"] for c in by_capture if c in base}
+        mean = statistics.mean(gains.values())
+        result[variant] = {"gain_db": gains, "mean_gain_db": mean,
+                           "wins": mean >= WIN_MEAN_DB and min(gains.values()) >= WORST_CAPTURE_DB}
+    return result
+
+
+def markdown(summary: Dict, verdicts: Dict[str, Dict], commands: List[str]) -> str:
+    lines = [f"`python tools/bench/fisher_study.py {' '.join(commands)}`", ""]
+    for budget, by_variant in sorted(summary.items(), key=lambda kv: float(kv[0])):
+        captures = sorted({c for by_capture in by_variant.values() for c in by_capture})
+        lines += [f"### {float(budget):g} s of training, validation PSNR (mean over seeds; per seed in brackets)", "",
+                  "| variant | " + " | ".join(captures) + " | mean |", "| --- |" + " ---: |" * (len(captures) + 1)]
+        for variant, by_capture in by_variant.items():
+            cells = []
+            for c in captures:
+                cell = by_capture.get(c)
+                cells.append("-" if cell is None else f"{cell['psnr']:.2f} ({' / '.join(f'{v:.2f}' for v in cell['psnr_per_seed'].values())}), {cell['steps']:.0f} steps")
+            mean = statistics.mean(cell["psnr"] for cell in by_capture.values())
+            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean:.2f} |")
+        lines.append("")
+    lines += [f"### Verdict at {max(float(b) for b in summary):g} s (wins: mean >= +{WIN_MEAN_DB} dB over off, no capture below {WORST_CAPTURE_DB} dB)", "",
+              "| variant | mean gain | per capture | wins |", "| --- | ---: | --- | --- |"]
+    for variant, v in verdicts.items():
+        per = ", ".join(f"{c} {g:+.2f}" for c, g in v["gain_db"].items())
+        lines.append(f"| {variant} | {v['mean_gain_db']:+.2f} dB | {per} | {'yes' if v['wins'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: Dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = sorted(summary, key=float)
+    captures = sorted({c for b in budgets for bv in summary[b].values() for c in bv})
+    fig, axes = plt.subplots(1, len(captures), figsize=(4 * len(captures), 3.2), squeeze=False)
+    variants = sorted({v for b in budgets for v in summary[b]})
+    for ax, capture in zip(axes[0], captures):
+        for variant in variants:
+            points = [(summary[b][variant][capture]["train_s"], summary[b][variant][capture]["psnr"])
+                      for b in budgets if capture in summary[b].get(variant, {})]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o", label=variant, linewidth=2.5 if variant == "off" else 1.0)
+        ax.set_title(capture)
+        ax.set_xlabel("training s")
+    axes[0][0].set_ylabel("validation PSNR (dB)")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--captures", nargs="*", default=["oblique_serpentine", "street_walk"], help="zoo captures (tools/bench/zoo.py)")
+    p.add_argument("--real", nargs="*", default=[], metavar="NAME=PATH", help="real nerfstudio captures, e.g. made by mclnf-process")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--budgets", nargs="+", type=float, default=[600.0], help="training seconds per run (several: a PSNR-vs-time curve)")
+    p.add_argument("--mclnf-set", nargs="*", default=[], metavar="PATH=VALUE", help="change the preset for every variant")
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench_zoo_captures"), help="generated captures are cached here")
+    p.add_argument("--out", type=Path, default=RESULTS / "fisher")
+    p.add_argument("--list", action="store_true", help="print the variants and their settings")
+    p.add_argument("--smoke", action="store_true", help="two variants, one tiny capture, seconds")
+    args = p.parse_args(argv)
+    if args.list:
+        for name, settings in VARIANTS.items():
+            print(f"{name:20s} {' '.join(settings) or '(FIM-NeRF off: the preset as shipped)'}")
+        return 0
+    if "off" not in args.variants:
+        p.error("the variants must include 'off': every gain is measured against it")
+    if args.smoke:
+        args.captures, args.real, args.variants, args.seeds, args.budgets = ["orbit_tower"], [], ["off", "sampling_corrected"], [0], [6.0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs: List[Dict] = []
+    for budget in args.budgets:
+        for variant in args.variants:
+            runs += run_variant(args, variant, budget, args.out / "runs" / f"{variant}_{budget:g}s")
+            (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "runs": runs}, indent=1))
+    summary = table(runs)
+    verdicts = verdict(summary)
+    text = markdown(summary, verdicts, sys.argv[1:] if argv is None else list(argv))
+    print("\n" + text)
+    (args.out / "results.md").write_text(text)
+    (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "summary": summary, "verdict": verdicts, "runs": runs}, indent=1))
+    plot(summary, args.out / "psnr_vs_time.png")
+    print(f"wrote {args.out}/results.md, results.json, psnr_vs_time.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
