@@ -57,3 +57,12 @@ def test_bench_fisher_study_smoke(tmp_path):
     assert "sampling_corrected" in result["verdict"]
     assert (out / "psnr_vs_time.png").stat().st_size > 0
     assert "| sampling_corrected |" in (out / "results.md").read_text()
+
+
+def test_heatmap_scores_every_pixel_of_a_photo(tiny_capture, tmp_path):
+    result = fisher_study.heatmap("tiny", tiny_capture, steps=4, out=tmp_path)
+    w, h = result["size"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "score_heatmap.png").size == (3 * w, h)
+    assert result["score_mean"] > 0 and 0.1 <= result["score_share_of_top_10_percent_pixels"] <= 1.0

@@ -3,6 +3,7 @@
     python tools/bench/fisher_study.py --captures oblique_serpentine street_walk \\
         --real lund_door=/data/lund_door_capture lund_street=/data/lund_street_capture \\
         --seeds 0 1 2 --budgets 300 600 --out tools/bench/results/fisher
+    python tools/bench/fisher_study.py --heatmap lund_door=/data/lund_door_capture --heatmap-steps 300
     python tools/bench/fisher_study.py --list           # the variants and their settings
     python tools/bench/fisher_study.py --smoke          # seconds: the test suite runs this
 
@@ -11,6 +12,10 @@ Every run is one `tools/bench/zoo.py` run of the `mclnf-city` preset with `--spl
 and a training budget in seconds: a calibration stream sizes the steps per block of each
 variant to fill the budget, so what FIM-NeRF costs per step is paid in steps. The variants
 differ only in `--pipeline.fisher.*` (see mclnf_city/fisher.py for what each does).
+
+`--heatmap NAME=PATH` trains the first block of a capture with FIM-NeRF sampling (the
+`mclnf-city` preset, in this process) and draws the score of every pixel of the block's
+photo with the most pixels over that photo (score_heatmap.png: photo | score | overlay).
 
 The verdict rule: a variant wins when its mean gain over `off` (per capture, mean over seeds,
 then mean over captures) is >= +0.3 dB at the largest budget and no capture loses more than
@@ -149,6 +154,59 @@ def plot(summary: Dict, out: Path) -> None:
     plt.close(fig)
 
 
+def heatmap(name: str, data: Path, steps: int, out: Path, seed: int = 0) -> Dict:
+    """Train block 1 of the stream with FIM-NeRF sampling for `steps`, then score every pixel of
+    its photo with the most pixels; write the photo, the heat map and the overlay side by side."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mclnf_city.trainer import preset_config, setup_trainer
+
+    config = preset_config("mclnf-city", data, out / "heatmap_run", steps_per_block=steps)
+    config.pipeline.fisher.sampling = True
+    config.pipeline.datamanager.seed = seed
+    trainer = setup_trainer(config)
+    pipeline = trainer.pipeline
+    model, dm = pipeline.model, pipeline.datamanager
+    optimizer = torch.optim.Adam(model.active.parameters(), lr=config.optimizers["fields"]["optimizer"].lr, eps=1e-15)
+    for step in range(steps):
+        _, losses, _ = pipeline.get_train_loss_dict(step)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    block = pipeline.stream[0]
+    pool = dm.pool(block)
+    images = pool.indices(torch.arange(len(pool)), dm.widths)[:, 0]
+    image = int(torch.bincount(images).argmax())
+    w, h = int(dm.widths[image]), int(dm.heights[image])
+    colours = dm.train_images.load(image)
+    scores = torch.zeros(h * w)
+    with torch.no_grad():
+        for start in range(0, h * w, 4096):
+            pixels = torch.arange(start, min(start + 4096, h * w))
+            indices = torch.stack([torch.full_like(pixels, image), pixels // w, pixels % w], dim=-1)
+            batch = {"image": colours[pixels].float() / 255.0}
+            outputs = model(dm.train_ray_generator(indices))
+            scores[pixels] = model.fisher_scores(outputs, batch)
+    photo = colours.reshape(h, w, 3).numpy()
+    level = scores.reshape(h, w).numpy()
+    level = np.clip(level / max(np.percentile(level, 99), 1e-30), 0, 1)
+    import matplotlib
+
+    heat = (matplotlib.colormaps["inferno"](level)[..., :3] * 255).astype(np.uint8)
+    overlay = (0.45 * photo + 0.55 * heat).astype(np.uint8)
+    Image.fromarray(np.concatenate([photo, heat, overlay], axis=1)).save(out / "score_heatmap.png")
+    share_top_decile = float(torch.topk(scores, max(1, len(scores) // 10)).values.sum() / scores.sum().clamp_min(1e-30))
+    result = {"capture": name, "block": block, "image": image, "image_file": str(dm.train_images.paths[image]), "steps": steps,
+              "score_share_of_top_10_percent_pixels": share_top_decile, "size": [w, h],
+              "score_mean": float(scores.mean())}
+    (out / "score_heatmap.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {out / 'score_heatmap.png'}: photo | score | overlay of {result['image_file']} (block {block}, {steps} steps); "
+          f"the top 10 % of pixels hold {100 * share_top_decile:.0f} % of the score")
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captures", nargs="*", default=["oblique_serpentine", "street_walk"], help="zoo captures (tools/bench/zoo.py)")
@@ -160,11 +218,20 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_zoo_captures"), help="generated captures are cached here")
     p.add_argument("--out", type=Path, default=RESULTS / "fisher")
     p.add_argument("--list", action="store_true", help="print the variants and their settings")
+    p.add_argument("--heatmap", metavar="NAME=PATH", help="draw where the score concentrates on a photo of this capture (no study run)")
+    p.add_argument("--heatmap-steps", type=int, default=300, help="steps of the first block before the heat map is drawn")
     p.add_argument("--smoke", action="store_true", help="two variants, one tiny capture, seconds")
     args = p.parse_args(argv)
     if args.list:
         for name, settings in VARIANTS.items():
             print(f"{name:20s} {' '.join(settings) or '(FIM-NeRF off: the preset as shipped)'}")
+        return 0
+    if args.heatmap:
+        name, _, path = args.heatmap.partition("=")
+        if not path or not (Path(path) / "transforms.json").is_file():
+            p.error(f"--heatmap {args.heatmap}: expected NAME=PATH of a nerfstudio capture (PATH/transforms.json)")
+        args.out.mkdir(parents=True, exist_ok=True)
+        heatmap(name, Path(path), args.heatmap_steps, args.out)
         return 0
     if "off" not in args.variants:
         p.error("the variants must include 'off': every gain is measured against it")
