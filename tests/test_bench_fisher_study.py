@@ -64,5 +64,5 @@ def test_heatmap_scores_every_pixel_of_a_photo(tiny_capture, tmp_path):
     w, h = result["size"]
     from PIL import Image
 
-    assert Image.open(tmp_path / "score_heatmap.png").size == (3 * w, h)
+    assert Image.open(tmp_path / "score_heatmap.jpg").size == (3 * w, h)
     assert result["score_mean"] > 0 and 0.1 <= result["score_share_of_top_10_percent_pixels"] <= 1.0

@@ -15,7 +15,7 @@ differ only in `--pipeline.fisher.*` (see mclnf_city/fisher.py for what each doe
 
 `--heatmap NAME=PATH` trains the first block of a capture with FIM-NeRF sampling (the
 `mclnf-city` preset, in this process) and draws the score of every pixel of the block's
-photo with the most pixels over that photo (score_heatmap.png: photo | score | overlay).
+photo with the most pixels over that photo (score_heatmap.jpg: photo | score | overlay).
 
 The verdict rule: a variant wins when its mean gain over `off` (per capture, mean over seeds,
 then mean over captures) is >= +0.3 dB at the largest budget and no capture loses more than
@@ -196,13 +196,13 @@ def heatmap(name: str, data: Path, steps: int, out: Path, seed: int = 0) -> Dict
 
     heat = (matplotlib.colormaps["inferno"](level)[..., :3] * 255).astype(np.uint8)
     overlay = (0.45 * photo + 0.55 * heat).astype(np.uint8)
-    Image.fromarray(np.concatenate([photo, heat, overlay], axis=1)).save(out / "score_heatmap.png")
+    Image.fromarray(np.concatenate([photo, heat, overlay], axis=1)).save(out / "score_heatmap.jpg", quality=85)
     share_top_decile = float(torch.topk(scores, max(1, len(scores) // 10)).values.sum() / scores.sum().clamp_min(1e-30))
     result = {"capture": name, "block": block, "image": image, "image_file": str(dm.train_images.paths[image]), "steps": steps,
               "score_share_of_top_10_percent_pixels": share_top_decile, "size": [w, h],
               "score_mean": float(scores.mean())}
     (out / "score_heatmap.json").write_text(json.dumps(result, indent=1))
-    print(f"wrote {out / 'score_heatmap.png'}: photo | score | overlay of {result['image_file']} (block {block}, {steps} steps); "
+    print(f"wrote {out / 'score_heatmap.jpg'}: photo | score | overlay of {result['image_file']} (block {block}, {steps} steps); "
           f"the top 10 % of pixels hold {100 * share_top_decile:.0f} % of the score")
     return result
 
