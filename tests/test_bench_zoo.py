@@ -37,6 +37,7 @@ def test_bench_zoo_smoke(tmp_path):
     assert methods == {"mclnf-city", "nerfacto"}
     for r in result["runs"]:
         assert math.isfinite(r["test_psnr"]) and r["steps"] >= 1 and r["train_s"] > 0
+        assert max(r["test_colour_errors"]) == r["test_colour_error_worst"] >= 0.0
     assert "| orbit_tower |" in (tmp_path / "out" / "results.md").read_text()
     assert (tmp_path / "out" / "renders.jpg").stat().st_size > 1000
 

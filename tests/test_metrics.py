@@ -16,6 +16,17 @@ def test_psnr_and_ssim_of_known_images():
     assert metrics.image_metrics(gt, gt)["ssim"] > 0.999
 
 
+def test_colour_error_sees_darkening_not_blur():
+    torch.manual_seed(0)
+    gt = torch.rand(32, 40, 3) * 0.8 + 0.1
+    blurred = torch.nn.functional.avg_pool2d(gt.permute(2, 0, 1)[None], 5, stride=1, padding=2, count_include_pad=False)[0].permute(1, 2, 0)
+    assert metrics.image_metrics(blurred, gt)["colour_error"] < 0.01  # blur: colour kept
+    darker = gt.clone()
+    darker[..., 2] *= 0.85  # the blue channel 15 % too dark
+    assert math.isclose(metrics.image_metrics(darker, gt)["colour_error"], 0.15, abs_tol=1e-4)
+    assert math.isclose(metrics.colour_error(torch.zeros_like(gt), gt), 1.0)  # a black view
+
+
 def test_without_weights_lpips_is_unavailable_and_nothing_is_downloaded(monkeypatch):
     monkeypatch.setattr(metrics, "_LPIPS", None)
     monkeypatch.setattr(metrics, "_LPIPS_CHECKED", False)

@@ -109,7 +109,8 @@ def nerfacto_step(model, optimizer, callbacks, datamanager, step: int) -> None:
 
 @torch.no_grad()
 def evaluate(model, dataset, render_dir: Optional[Path] = None) -> Dict[str, float]:
-    """Test PSNR / SSIM over every test view, and rendering rays/s; with `render_dir`, the renders
+    """Test PSNR / SSIM over every test view, the mean-colour error of each view and the worst
+    (`metrics.colour_error`), and rendering rays/s; with `render_dir`, the renders
     (view_000.png, ...) and the photos (view_000_gt.png, ...) are saved there."""
     from PIL import Image
 
@@ -133,7 +134,8 @@ def evaluate(model, dataset, render_dir: Optional[Path] = None) -> Dict[str, flo
         print(f"evaluation: view {i + 1}/{len(dataset)}, {pixels / seconds:,.0f} rays/s", flush=True)
     model.train()
     return {"test_psnr": statistics.mean(m["psnr"] for m in per_view), "test_ssim": statistics.mean(m["ssim"] for m in per_view),
-            "eval_rays_per_s": pixels / seconds}
+            "test_colour_error_worst": max(m["colour_error"] for m in per_view),
+            "test_colour_errors": [m["colour_error"] for m in per_view], "eval_rays_per_s": pixels / seconds}
 
 
 def train_mclnf(args, work: Path, min_steps_per_block: int = 1) -> Dict:

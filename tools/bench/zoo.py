@@ -155,7 +155,8 @@ def run_method(args, logs: Path, capture: str, data: Path, method: str, seed: in
         env["MCLNF_MALLOC"] = "default"  # nerfacto as a nerfstudio user gets it
     result = run_logged(cmd, env, log, result_path, label)
     result.update(capture=capture, method=method, seed=seed, render_dir=str(render_dir))
-    print(f"{capture:24s} {method:10s} seed {seed}: PSNR {result['test_psnr']:.2f} SSIM {result['test_ssim']:.3f} "
+    colour = f" colour error {result['test_colour_error_worst']:.1%}" if "test_colour_error_worst" in result else ""
+    print(f"{capture:24s} {method:10s} seed {seed}: PSNR {result['test_psnr']:.2f} SSIM {result['test_ssim']:.3f}{colour} "
           f"after {result['steps']} steps in {result['train_s']:.0f} s", flush=True)
     return result
 
@@ -169,7 +170,9 @@ def summarise(runs: List[Dict]) -> Dict[str, Dict[str, Dict]]:
     for by_method in table.values():
         for s in by_method.values():
             rs = s.pop("runs")
-            for key in ("test_psnr", "test_ssim", "train_s", "steps"):
+            for key in ("test_psnr", "test_ssim", "train_s", "steps", "test_colour_error_worst"):
+                if not all(key in r for r in rs):  # results from before the colour error was measured
+                    continue
                 values = [r[key] for r in rs]
                 s[key] = statistics.mean(values)
                 s[f"{key}_min"], s[f"{key}_max"] = min(values), max(values)
@@ -179,13 +182,15 @@ def summarise(runs: List[Dict]) -> Dict[str, Dict[str, Dict]]:
 
 def markdown(table: Dict[str, Dict[str, Dict]], split: str) -> str:
     views = "test" if split == "test" else "validation"
-    lines = [f"| capture | mclnf-city {views} PSNR | SSIM | nerfacto {views} PSNR | SSIM | Δ PSNR | seeds | train s (mclnf / nerfacto) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"| capture | mclnf-city {views} PSNR | SSIM | nerfacto {views} PSNR | SSIM | Δ PSNR | seeds | train s (mclnf / nerfacto) "
+             "| worst colour error (mclnf / nerfacto) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     deltas = []
     for capture, by in table.items():
         m, n = by.get("mclnf-city"), by.get("nerfacto")
         spread = lambda s: f" ({s['test_psnr_min']:.2f}–{s['test_psnr_max']:.2f})" if len(s["seeds"]) > 1 else ""  # noqa: E731
         cell = lambda s, k: f"{s[k]:.2f}" if k == "test_psnr" else f"{s[k]:.3f}"  # noqa: E731
+        colour = lambda s: f"{s['test_colour_error_worst_max']:.1%}" if s and "test_colour_error_worst" in s else "-"  # noqa: E731
         delta = m["test_psnr"] - n["test_psnr"] if m and n else None
         if delta is not None:
             deltas.append(delta)
@@ -193,10 +198,10 @@ def markdown(table: Dict[str, Dict[str, Dict]], split: str) -> str:
             f"| {capture} | {cell(m, 'test_psnr') + spread(m) if m else '-'} | {cell(m, 'test_ssim') if m else '-'} | "
             f"{cell(n, 'test_psnr') if n else '-'} | {cell(n, 'test_ssim') if n else '-'} | "
             f"{'' if delta is None else f'{delta:+.2f}'} | {len(m['seeds']) if m else 0} | "
-            f"{m['train_s'] if m else 0:.0f} / {n['train_s'] if n else 0:.0f} |"
+            f"{m['train_s'] if m else 0:.0f} / {n['train_s'] if n else 0:.0f} | {colour(m)} / {colour(n)} |"
         )
     if deltas:
-        lines.append(f"| **mean** | | | | | **{statistics.mean(deltas):+.2f}** | | |")
+        lines.append(f"| **mean** | | | | | **{statistics.mean(deltas):+.2f}** | | | |")
     return "\n".join(lines) + "\n"
 
 
