@@ -44,6 +44,8 @@ class BoundsReport:
     cameras_below_ground: int = 0
     rays_hitting: float = 1.0
     """Fraction of sampled pixel rays (ground-bound or ending at a scene point) that cross the box."""
+    far_points: int = 0
+    """Scene points seen only from far away, left out of the ground extent (the far field holds them)."""
     warnings: List[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -57,7 +59,11 @@ class BoundsReport:
             f"  from {self.source} ({self.num_points:,} points); up {fmt_vec(self.up)} ({self.up_source})",
             f"  {100 * self.points_inside:.1f} % of the points inside; {self.cameras_inside}/{self.num_cameras} cameras inside, "
             f"{self.cameras_below_ground} below the ground; {100 * self.rays_hitting:.0f} % of sampled pixel rays cross the box",
-        ]
+        ] + (
+            [f"  {self.far_points:,} points seen only from far away left to the far field (--pipeline.ground-extent to include them)"]
+            if self.far_points
+            else []
+        )
 
 
 def fmt_vec(v) -> str:
@@ -222,6 +228,7 @@ def estimate_bounds(
     cam_h = cam[:, 2]
     pts = points.double() if points is not None and len(points) >= MIN_POINTS else None
     have_rays = intrinsics is not None and sizes is not None
+    far_points = 0
     span = max((cam[:, :2].max(0).values - cam[:, :2].min(0).values).max().item(), (cam_h.max() - cam_h.min()).item(), 1e-9)
 
     if pts is not None:
@@ -239,7 +246,14 @@ def estimate_bounds(
             top = min(max(top, ground + 0.75 * (up_to - ground)), cam_h.max().item())
         # How far the cameras see the ground: a little beyond the points (their distance to the
         # nearest camera), and at least four times the cameras' typical height above the ground.
-        near = torch.quantile(torch.cdist(pts, centres).min(dim=1).values, 0.95).item()
+        to_camera = torch.cdist(pts, centres).min(dim=1).values
+        near = torch.quantile(to_camera, 0.95).item()
+        # The extent rests on the points seen from near by: a point farther from every camera
+        # than three times the distance of 90 % of them is distant scenery (down a street) or a
+        # bad triangulation, and a handful of them would stretch the box over empty ground,
+        # where the blocks' steps are wasted; the contracted far field holds them instead.
+        seen_near = to_camera <= 3.0 * torch.quantile(to_camera, 0.9)
+        far_points = int((~seen_near).sum())
         reach = torch.full((len(c2w),), 4.0 * max(near, (cam_h - ground).median().item()), dtype=torch.float64)
         if view_depths is not None and torch.isfinite(view_depths).sum() >= 3:
             # Each camera sees the ground about as far as it sees the rest of the scene.
@@ -266,7 +280,7 @@ def estimate_bounds(
         if mean_dir > 0.98:
             warnings.append("the principal rays are near parallel, so where they meet says nothing about the ground")
 
-    xy = [cam[:, :2]] if pts is None else [p[:, :2]]
+    xy = [cam[:, :2]] if pts is None else [p[seen_near, :2]]
     # Sparse points from structure from motion cover the ground they saw; triangulated probe
     # points are fewer, so the ground the cameras see widens the extent.
     if have_rays and source != "sparse points":
@@ -300,7 +314,7 @@ def estimate_bounds(
     if hand:
         source = f"{source}; {' and '.join(hand)} set by hand"
 
-    bounds = CityBounds(rot, lo, hi, (ground, top), BoundsReport(source, 0 if pts is None else len(pts), up_t.tolist(), up_how))
+    bounds = CityBounds(rot, lo, hi, (ground, top), BoundsReport(source, 0 if pts is None else len(pts), up_t.tolist(), up_how, far_points=far_points))
     check_bounds(bounds, c2w, pts, intrinsics, sizes, warnings)
     return bounds
 

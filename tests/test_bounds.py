@@ -148,6 +148,24 @@ def test_upside_down_up_is_named():
     assert any("upside down" in w for w in bounds.report.warnings)
 
 
+
+def test_points_seen_only_from_afar_do_not_stretch_the_ground_extent():
+    """A few points far from every camera (distant scenery, bad triangulations) are left to the
+    far field, and the report counts them; the ground the cameras fly over stays inside."""
+    c2w = _survey((0.0, 90.0), -45.0)  # cameras over x 0..4, y 0..3 at height 5
+    g = torch.Generator().manual_seed(0)
+    ground = torch.cat([torch.rand(400, 2, generator=g, dtype=torch.float64) * 4, torch.zeros(400, 1, dtype=torch.float64)], 1)
+    far = torch.tensor([[60.0, 40.0, 0.0], [-50.0, 45.0, 1.0], [55.0, -48.0, 0.5]], dtype=torch.float64)
+    bounds = estimate_bounds(c2w, torch.cat([ground, far]))
+    assert bounds.report.far_points == 3
+    assert (bounds.hi - bounds.lo).max() < 8.0  # not stretched towards the far points (~100 wide)
+    box = bounds.box()
+    assert ((ground >= box[0]) & (ground <= box[1])).all(-1).float().mean() == 1.0
+    assert any("far field" in line for line in bounds.report.lines(box))
+    # Without the far points, the same box: nothing else moved.
+    near_only = estimate_bounds(c2w, ground)
+    assert near_only.report.far_points == 0 and torch.allclose(near_only.box(), box)
+
 def test_a_capture_without_ground_truth_is_refused_by_name(tiny_capture, tmp_path, capsys):
     """A real capture (no gt/) gets a message naming it and what is missing, not a traceback."""
     from mclnf_city.scenes.check_bounds import main

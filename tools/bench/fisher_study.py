@@ -57,6 +57,9 @@ def run_variant(args, variant: str, budget: float, out: Path) -> List[Dict]:
     """One zoo.py run (every capture and seed) of a variant at a budget; its runs."""
     cmd = [sys.executable, str(HERE / "zoo.py"), "--methods", "mclnf-city", "--split", "validation", "--budget", str(budget),
            "--seeds", *map(str, args.seeds), "--work", str(args.work), "--out", str(out), "--captures", *args.captures]
+    for flag in ("width", "height", "frames"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag}", str(getattr(args, flag))]
     if args.real:
         cmd += ["--real", *args.real]
     if args.smoke:
@@ -215,6 +218,11 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budgets", nargs="+", type=float, default=[600.0], help="training seconds per run (several: a PSNR-vs-time curve)")
     p.add_argument("--mclnf-set", nargs="*", default=[], metavar="PATH=VALUE", help="change the preset for every variant")
+    # Small generated captures let a short run revisit every pixel several times (the
+    # schedule where scores of earlier visits can matter) within a budget this CPU affords.
+    p.add_argument("--width", type=int, help="generated captures' image width (zoo.py's default when unset)")
+    p.add_argument("--height", type=int, help="generated captures' image height")
+    p.add_argument("--frames", type=int, help="generated captures' number of frames")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_zoo_captures"), help="generated captures are cached here")
     p.add_argument("--out", type=Path, default=RESULTS / "fisher")
     p.add_argument("--list", action="store_true", help="print the variants and their settings")
