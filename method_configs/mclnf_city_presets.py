@@ -47,8 +47,9 @@ mclnf_city = MethodSpecification(
         CityPipelineConfig(
             # 1024 rays per step at lr 2e-2: on a CPU, more and smaller steps learn more per
             # second. Demo city, 300 s of training: 4096 rays 18.78 dB, 1024 rays 20.22 dB,
-            # 1024 rays at lr 2e-2 21.43 dB (3e-2: 21.27, 4e-2: 20.31), one run each, on the demo city's test views
-            # (tools/bench/README.md, how the defaults were chosen).
+            # 1024 rays at lr 2e-2 21.43 dB (3e-2: 21.27, 4e-2: 20.31), one run each, on the demo city's test views.
+            # lr 2e-2 checked since on validation views of the zoo and lund_door: 1e-2 -0.84 dB,
+            # 4e-2 +0.16 dB, not a win (tools/bench/README.md, how the defaults were chosen).
             datamanager=CityDataManagerConfig(train_num_rays_per_batch=1024),
             # 24 + 24 samples: the same test PSNR as 32 + 32 at equal steps on the demo city
             # (18.41 vs 18.38 dB, 4 x 100 steps) for 1.3x less time per step.
