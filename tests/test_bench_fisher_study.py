@@ -8,6 +8,8 @@ import math
 import subprocess
 import sys
 
+import torch
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools" / "bench"))
@@ -66,3 +68,32 @@ def test_heatmap_scores_every_pixel_of_a_photo(tiny_capture, tmp_path):
 
     assert Image.open(tmp_path / "score_heatmap.jpg").size == (3 * w, h)
     assert result["score_mean"] > 0 and 0.1 <= result["score_share_of_top_10_percent_pixels"] <= 1.0
+
+
+def test_downscaled_capture_keeps_every_ray(tiny_capture, tmp_path):
+    """The copy's cameras, at the copy's pixel centres, cast the rays of the original's cameras at the same
+    relative image positions: images and intrinsics are scaled together."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    from PIL import Image
+
+    from common import downscaled_capture
+
+    small = downscaled_capture(tiny_capture, tmp_path / "small", max_size=20)
+    meta = json.loads((small / "transforms.json").read_text())
+    sizes = {Image.open(small / f["file_path"]).size for f in meta["frames"]}
+    assert max(max(s) for s in sizes) == 20
+    cams = [NerfstudioDataParserConfig(data=d, eval_mode="all").setup().get_dataparser_outputs("train").cameras
+            for d in (tiny_capture, small)]
+    assert len(cams[0]) == len(cams[1])
+    big_w, small_w = int(cams[0].width[0]), int(cams[1].width[0])
+    assert small_w < big_w
+    # Directions through the image centre and a corner region agree to within a pixel of the small image.
+    for u, v in ((0.5, 0.5), (0.1, 0.9)):
+        rays = []
+        for c in cams:
+            w, h = float(c.width[0]), float(c.height[0])
+            coords = torch.tensor([[v * h, u * w]])
+            rays.append(c.generate_rays(camera_indices=0, coords=coords).directions.reshape(-1))
+        pixel_angle = 1.0 / float(cams[1].fx[0])
+        assert torch.allclose(rays[0], rays[1], atol=2 * pixel_angle)
+    assert (small / "transforms.json").stat().st_mtime == downscaled_capture(tiny_capture, small, 20).joinpath("transforms.json").stat().st_mtime

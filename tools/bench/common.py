@@ -71,6 +71,43 @@ def default_data_dir() -> Path:
     return Path("/work/shared/data")
 
 
+def downscaled_capture(src: Path, dst: Path, max_size: int) -> Path:
+    """A copy of the nerfstudio capture `src` in `dst` with every image's long side at most
+    `max_size` (area average) and the intrinsics scaled to match; other files are linked.
+    Made once: an existing `dst/transforms.json` is reused."""
+    import shutil
+
+    from PIL import Image
+
+    if (dst / "transforms.json").is_file():
+        return dst
+    meta = json.loads((src / "transforms.json").read_text())
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    def scale_intrinsics(entry: Dict, w: int, h: int) -> None:
+        if "w" in entry:
+            sx, sy = w / entry["w"], h / entry["h"]
+            entry.update(w=w, h=h, fl_x=entry["fl_x"] * sx, fl_y=entry["fl_y"] * sy, cx=entry["cx"] * sx, cy=entry["cy"] * sy)
+
+    for frame in meta["frames"]:
+        image = Image.open(src / frame["file_path"])
+        s = min(1.0, max_size / max(image.size))
+        w, h = max(1, round(image.width * s)), max(1, round(image.height * s))
+        target = tmp / frame["file_path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.convert("RGB").resize((w, h), Image.BOX).save(target, quality=95)
+        scale_intrinsics(frame, w, h)
+        scale_intrinsics(meta, w, h)  # shared intrinsics: every image has the same size
+    for extra in src.iterdir():
+        if extra.name != "transforms.json" and extra.is_file():
+            (tmp / extra.name).symlink_to(extra.resolve())
+    (tmp / "transforms.json").write_text(json.dumps(meta, indent=1))
+    tmp.rename(dst)
+    return dst
+
+
 def nerfacto_model(pipeline, seed: int, **sizes):
     """nerfacto (torch, camera optimiser off) for the pipeline's data; `sizes` override fields of its
     model config (smoke runs)."""

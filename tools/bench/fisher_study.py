@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from common import RESULTS
+from common import RESULTS, downscaled_capture
 
 HERE = Path(__file__).resolve().parent
 SAMPLING = ["pipeline.fisher.sampling=True"]
@@ -53,20 +53,20 @@ VARIANTS: Dict[str, List[str]] = {
 WIN_MEAN_DB, WORST_CAPTURE_DB = 0.3, -0.2
 
 
-def run_variant(args, variant: str, budget: float, out: Path) -> List[Dict]:
-    """One zoo.py run (every capture and seed) of a variant at a budget; its runs."""
+def run_variant(args, variant: str, budget: float, seed: int, out: Path) -> List[Dict]:
+    """One zoo.py run (every capture) of a variant at a budget and seed; its runs."""
     cmd = [sys.executable, str(HERE / "zoo.py"), "--methods", "mclnf-city", "--split", "validation", "--budget", str(budget),
-           "--seeds", *map(str, args.seeds), "--work", str(args.work), "--out", str(out), "--captures", *args.captures]
+           "--seeds", str(seed), "--work", str(args.work), "--out", str(out), "--captures", *args.captures]
     for flag in ("width", "height", "frames"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag}", str(getattr(args, flag))]
     if args.real:
-        cmd += ["--real", *args.real]
+        cmd += ["--real", *real_captures(args)]
     if args.smoke:
         cmd += ["--smoke"]
     if VARIANTS[variant] or args.mclnf_set:
         cmd += ["--mclnf-set", *VARIANTS[variant], *args.mclnf_set]
-    print(f"== {variant} at {budget:g} s: {' '.join(cmd[1:])}", flush=True)
+    print(f"== {variant} at {budget:g} s, seed {seed}: {' '.join(cmd[1:])}", flush=True)
     proc = subprocess.run(cmd, text=True, capture_output=True)
     (out / "study.log").parent.mkdir(parents=True, exist_ok=True)
     (out / "study.log").write_text(proc.stdout + proc.stderr)
@@ -76,6 +76,18 @@ def run_variant(args, variant: str, budget: float, out: Path) -> List[Dict]:
     for r in runs:
         r.update(variant=variant, budget=budget)
     return runs
+
+
+def real_captures(args) -> List[str]:
+    """--real NAME=PATH entries, pointing at copies with images of long side --real-max-size when set."""
+    if not args.real_max_size:
+        return list(args.real)
+    entries = []
+    for entry in args.real:
+        name, _, path = entry.partition("=")
+        small = downscaled_capture(Path(path), args.work / "real" / f"{name}_max{args.real_max_size}", args.real_max_size)
+        entries.append(f"{name}={small}")
+    return entries
 
 
 def table(runs: List[Dict]) -> Dict:
@@ -223,11 +235,14 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, help="generated captures' image width (zoo.py's default when unset)")
     p.add_argument("--height", type=int, help="generated captures' image height")
     p.add_argument("--frames", type=int, help="generated captures' number of frames")
+    p.add_argument("--real-max-size", type=int, help="train on copies of the real captures with images of this long side (the same "
+                   "revisits per pixel as the small generated captures); unset: as they are")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_zoo_captures"), help="generated captures are cached here")
     p.add_argument("--out", type=Path, default=RESULTS / "fisher")
     p.add_argument("--list", action="store_true", help="print the variants and their settings")
     p.add_argument("--heatmap", metavar="NAME=PATH", help="draw where the score concentrates on a photo of this capture (no study run)")
     p.add_argument("--heatmap-steps", type=int, default=300, help="steps of the first block before the heat map is drawn")
+    p.add_argument("--resume", action="store_true", help="keep the runs of --out/results.json and run only the missing ones")
     p.add_argument("--smoke", action="store_true", help="two variants, one tiny capture, seconds")
     args = p.parse_args(argv)
     if args.list:
@@ -247,10 +262,18 @@ def main(argv=None) -> int:
         args.captures, args.real, args.variants, args.seeds, args.budgets = ["orbit_tower"], [], ["off", "sampling_corrected"], [0], [6.0]
     args.out.mkdir(parents=True, exist_ok=True)
     runs: List[Dict] = []
+    if args.resume and (args.out / "results.json").is_file():
+        runs = json.loads((args.out / "results.json").read_text())["runs"]
+        print(f"resuming: {len(runs)} runs kept from {args.out / 'results.json'}")
+    done = {(r["variant"], float(r["budget"]), r["seed"]) for r in runs}
+    # Seeds outermost: a study stopped early still compares every variant on the same seeds.
     for budget in args.budgets:
-        for variant in args.variants:
-            runs += run_variant(args, variant, budget, args.out / "runs" / f"{variant}_{budget:g}s")
-            (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "runs": runs}, indent=1))
+        for seed in args.seeds:
+            for variant in args.variants:
+                if (variant, budget, seed) in done:
+                    continue
+                runs += run_variant(args, variant, budget, seed, args.out / "runs" / f"{variant}_{budget:g}s_seed{seed}")
+                (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "runs": runs}, indent=1))
     summary = table(runs)
     verdicts = verdict(summary)
     text = markdown(summary, verdicts, sys.argv[1:] if argv is None else list(argv))
