@@ -59,6 +59,18 @@ def test_bench_fisher_study_smoke(tmp_path):
     assert "sampling_corrected" in result["verdict"]
     assert (out / "psnr_vs_time.png").stat().st_size > 0
     assert "| sampling_corrected |" in (out / "results.md").read_text()
+    # The untimed mode: each capture trains the steps per block the timed `off` run reached.
+    again = tmp_path / "again"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / "fisher_study.py"), "--smoke", "--out", str(again),
+                           "--work", str(tmp_path / "work"), "--steps-from", str(out / "results.json"), "--steps-like", "off",
+                           "--jobs", "2"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    timed_off = {r["capture"]: r["steps_per_block"] for r in result["runs"] if r["variant"] == "off"}
+    untimed = json.loads((again / "results.json").read_text())["runs"]
+    assert {r["variant"] for r in untimed} == {"off", "sampling_corrected"}
+    for r in untimed:
+        assert r["steps_per_block"] == timed_off[r["capture"]] and r["steps_like"] == "off"
+    assert "steps per block `off` reached" in (again / "results.md").read_text()
 
 
 def test_heatmap_scores_every_pixel_of_a_photo(tiny_capture, tmp_path):

@@ -12,6 +12,17 @@ Every run is one `tools/bench/zoo.py` run of the `mclnf-city` preset with `--spl
 and a training budget in seconds: a calibration stream sizes the steps per block of each
 variant to fill the budget, so what FIM-NeRF costs per step is paid in steps. The variants
 differ only in `--pipeline.fisher.*` (see mclnf_city/fisher.py for what each does).
+`--resume` keeps the runs already in `--out/results.json` (a stopped study loses nothing).
+
+Timed runs need an idle machine. `--steps-from TIMED/results.json --steps-like V` trains each
+capture the steps per block that variant V reached in a timed study instead (one thread per
+run, `--jobs` at once): `--steps-like off` asks what FIM-NeRF would give if it cost nothing;
+`--steps-like sampling` is equal wall time for the sampling variants, which share its cost;
+`--steps-like own --steps-scale K` is equal wall time at K times the timed budget (each variant
+at the steps it reached, times K): longer schedules without an idle machine.
+
+    python tools/bench/fisher_study.py ... --steps-from TIMED/results.json --steps-like sampling \
+        --variants off sampling_u0.8 sampling_decay --seeds 0 --jobs 2 --out OTHER_DIR
 
 `--heatmap NAME=PATH` trains the first block of a capture with FIM-NeRF sampling (the
 `mclnf-city` preset, in this process) and draws the score of every pixel of the block's
@@ -28,10 +39,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from common import RESULTS, downscaled_capture
 
@@ -53,28 +66,69 @@ VARIANTS: Dict[str, List[str]] = {
 WIN_MEAN_DB, WORST_CAPTURE_DB = 0.3, -0.2
 
 
-def run_variant(args, variant: str, budget: float, seed: int, out: Path) -> List[Dict]:
-    """One zoo.py run (every capture) of a variant at a budget and seed; its runs."""
+def run_variant(args, variant: str, budget: float, seed: int, out: Path, captures: Optional[List[str]] = None,
+                real: Optional[List[str]] = None, steps_per_block: int = 0) -> List[Dict]:
+    """One zoo.py run of a variant at a budget and seed (every capture unless given); its runs.
+    With `steps_per_block`, that many steps per block instead of filling the budget (one thread)."""
+    captures = args.captures if captures is None else captures
+    real = real_captures(args) if real is None else real
     cmd = [sys.executable, str(HERE / "zoo.py"), "--methods", "mclnf-city", "--split", "validation", "--budget", str(budget),
-           "--seeds", str(seed), "--work", str(args.work), "--out", str(out), "--captures", *args.captures]
+           "--seeds", str(seed), "--work", str(args.work), "--out", str(out), "--captures", *captures]
     for flag in ("width", "height", "frames"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag}", str(getattr(args, flag))]
-    if args.real:
-        cmd += ["--real", *real_captures(args)]
+    if real:
+        cmd += ["--real", *real]
     if args.smoke:
         cmd += ["--smoke"]
+    if steps_per_block:
+        cmd += ["--steps-per-block", str(steps_per_block)]
     if VARIANTS[variant] or args.mclnf_set:
         cmd += ["--mclnf-set", *VARIANTS[variant], *args.mclnf_set]
-    print(f"== {variant} at {budget:g} s, seed {seed}: {' '.join(cmd[1:])}", flush=True)
-    proc = subprocess.run(cmd, text=True, capture_output=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if steps_per_block else None
+    what = f"{steps_per_block} steps per block" if steps_per_block else f"{budget:g} s"
+    print(f"== {variant} at {what}, seed {seed}: {' '.join(cmd[1:])}", flush=True)
+    proc = subprocess.run(cmd, text=True, capture_output=True, env=env)
     (out / "study.log").parent.mkdir(parents=True, exist_ok=True)
     (out / "study.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise SystemExit(f"{variant} at {budget:g} s failed, see {out / 'study.log'}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        raise SystemExit(f"{variant} at {what} failed, see {out / 'study.log'}:\n{(proc.stdout + proc.stderr)[-3000:]}")
     runs = json.loads((out / "results.json").read_text())["runs"]
     for r in runs:
         r.update(variant=variant, budget=budget)
+    return runs
+
+
+def steps_like(timed: Path, like: str, scale: float = 1.0) -> Tuple[float, Dict[str, int]]:
+    """From a timed study's results.json: its largest budget, and per capture `scale` times the steps
+    per block that variant `like` reached at it (mean over seeds)."""
+    runs = json.loads(timed.read_text())["runs"]
+    budget = max(float(r["budget"]) for r in runs)
+    steps: Dict[str, List[int]] = {}
+    for r in runs:
+        if r["variant"] == like and float(r["budget"]) == budget:
+            steps.setdefault(r["capture"], []).append(r["steps_per_block"])
+    if not steps:
+        raise SystemExit(f"--steps-from {timed}: no run of variant {like!r} at {budget:g} s")
+    return budget * scale, {c: max(1, round(scale * statistics.mean(v))) for c, v in steps.items()}
+
+
+def run_at_steps(args, variant: str, seed: int) -> List[Dict]:
+    """Every capture of one variant and seed at the steps per block of `--steps-like` in the timed
+    study `--steps-from`: equal wall time for variants of the same cost per step, without timing
+    (so `--jobs` runs may share the machine)."""
+    budget, steps = steps_like(args.steps_from, variant if args.steps_like == "own" else args.steps_like, args.steps_scale)
+    real = dict(e.partition("=")[::2] for e in real_captures(args))
+    jobs = [(c, [c], []) for c in args.captures] + [(n, [], [f"{n}={p}"]) for n, p in real.items()]
+    missing = [name for name, _, _ in jobs if name not in steps]
+    if missing:
+        raise SystemExit(f"--steps-from {args.steps_from}: no {args.steps_like!r} run of {', '.join(missing)}")
+    with ThreadPoolExecutor(args.jobs) as pool:
+        parts = pool.map(lambda job: run_variant(args, variant, budget, seed, args.out / "runs" / f"{variant}_seed{seed}_{job[0]}",
+                                                 job[1], job[2], steps[job[0]]), jobs)
+        runs = [r for part in parts for r in part]
+    for r in runs:
+        r["steps_like"] = args.steps_like
     return runs
 
 
@@ -106,13 +160,13 @@ def table(runs: List[Dict]) -> Dict:
     return out
 
 
-def verdict(summary: Dict) -> Dict[str, Dict]:
-    """Per variant at the largest budget: gain over `off` per capture, its mean, and whether it wins."""
+def verdict(summary: Dict, baseline: str = "off") -> Dict[str, Dict]:
+    """Per variant at the largest budget: gain over `baseline` per capture, its mean, and whether it wins."""
     budget = max(summary, key=float)
-    base = summary[budget].get("off")
+    base = summary[budget].get(baseline)
     result = {}
     for variant, by_capture in summary[budget].items():
-        if variant == "off" or base is None:
+        if variant == baseline or base is None:
             continue
         gains = {c: by_capture[c]["psnr"] - base[c]["psnr"] for c in by_capture if c in base}
         mean = statistics.mean(gains.values())
@@ -121,11 +175,15 @@ def verdict(summary: Dict) -> Dict[str, Dict]:
     return result
 
 
-def markdown(summary: Dict, verdicts: Dict[str, Dict], commands: List[str]) -> str:
+def markdown(summary: Dict, verdicts: Dict[str, Dict], commands: List[str], steps_like: Optional[str] = None,
+             baseline: str = "off") -> str:
     lines = [f"`python tools/bench/fisher_study.py {' '.join(commands)}`", ""]
     for budget, by_variant in sorted(summary.items(), key=lambda kv: float(kv[0])):
         captures = sorted({c for by_capture in by_variant.values() for c in by_capture})
-        lines += [f"### {float(budget):g} s of training, validation PSNR (mean over seeds; per seed in brackets)", "",
+        schedule = f"the steps per block `{steps_like}` reached in {float(budget):g} s" if steps_like else f"{float(budget):g} s of training"
+        if steps_like == "own":
+            schedule = f"equal wall time of about {float(budget):g} s (each variant at its steps per block of the timed study, scaled)"
+        lines += [f"### {schedule}, validation PSNR (mean over seeds; per seed in brackets)", "",
                   "| variant | " + " | ".join(captures) + " | mean |", "| --- |" + " ---: |" * (len(captures) + 1)]
         for variant, by_capture in by_variant.items():
             cells = []
@@ -135,7 +193,7 @@ def markdown(summary: Dict, verdicts: Dict[str, Dict], commands: List[str]) -> s
             mean = statistics.mean(cell["psnr"] for cell in by_capture.values())
             lines.append(f"| {variant} | " + " | ".join(cells) + f" | {mean:.2f} |")
         lines.append("")
-    lines += [f"### Verdict at {max(float(b) for b in summary):g} s (wins: mean >= +{WIN_MEAN_DB} dB over off, no capture below {WORST_CAPTURE_DB} dB)", "",
+    lines += [f"### Verdict at {max(float(b) for b in summary):g} s{' (as above)' if steps_like else ''} (wins: mean >= +{WIN_MEAN_DB} dB over {baseline}, no capture below {WORST_CAPTURE_DB} dB)", "",
               "| variant | mean gain | per capture | wins |", "| --- | ---: | --- | --- |"]
     for variant, v in verdicts.items():
         per = ", ".join(f"{c} {g:+.2f}" for c, g in v["gain_db"].items())
@@ -242,6 +300,18 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true", help="print the variants and their settings")
     p.add_argument("--heatmap", metavar="NAME=PATH", help="draw where the score concentrates on a photo of this capture (no study run)")
     p.add_argument("--heatmap-steps", type=int, default=300, help="steps of the first block before the heat map is drawn")
+    p.add_argument("--steps-from", type=Path, metavar="RESULTS_JSON",
+                   help="instead of timed runs: train every capture the steps per block that --steps-like reached in this "
+                        "timed study (its largest budget); the PSNR then does not depend on the machine's load")
+    p.add_argument("--steps-like", default="off", help="with --steps-from: whose steps (off: equal steps, as if FIM-NeRF "
+                   "cost nothing; sampling: equal wall time for the sampling variants, which share its cost per step; "
+                   "own: each variant's own, i.e. equal wall time)")
+    p.add_argument("--steps-scale", type=float, default=1.0,
+                   help="with --steps-from: train this many times those steps (--steps-like own --steps-scale 3: equal "
+                        "wall time at three times the timed budget, each variant at its own measured cost per step)")
+    p.add_argument("--baseline", default="off", choices=list(VARIANTS),
+                   help="the variant every gain is measured against (e.g. sampling, for its own variants at --steps-like sampling)")
+    p.add_argument("--jobs", type=int, default=1, help="with --steps-from: runs at once (one thread each)")
     p.add_argument("--resume", action="store_true", help="keep the runs of --out/results.json and run only the missing ones")
     p.add_argument("--smoke", action="store_true", help="two variants, one tiny capture, seconds")
     args = p.parse_args(argv)
@@ -256,8 +326,8 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         heatmap(name, Path(path), args.heatmap_steps, args.out)
         return 0
-    if "off" not in args.variants:
-        p.error("the variants must include 'off': every gain is measured against it")
+    if args.baseline not in args.variants:
+        p.error(f"the variants must include the baseline {args.baseline!r}: every gain is measured against it")
     if args.smoke:
         args.captures, args.real, args.variants, args.seeds, args.budgets = ["orbit_tower"], [], ["off", "sampling_corrected"], [0], [6.0]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -266,8 +336,15 @@ def main(argv=None) -> int:
         runs = json.loads((args.out / "results.json").read_text())["runs"]
         print(f"resuming: {len(runs)} runs kept from {args.out / 'results.json'}")
     done = {(r["variant"], float(r["budget"]), r["seed"]) for r in runs}
+    if args.steps_from:
+        for seed in args.seeds:
+            for variant in args.variants:
+                if any(v == variant and s == seed for v, _, s in done):
+                    continue
+                runs += run_at_steps(args, variant, seed)
+                (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "runs": runs}, indent=1))
     # Seeds outermost: a study stopped early still compares every variant on the same seeds.
-    for budget in args.budgets:
+    for budget in ([] if args.steps_from else args.budgets):
         for seed in args.seeds:
             for variant in args.variants:
                 if (variant, budget, seed) in done:
@@ -275,8 +352,9 @@ def main(argv=None) -> int:
                 runs += run_variant(args, variant, budget, seed, args.out / "runs" / f"{variant}_{budget:g}s_seed{seed}")
                 (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "runs": runs}, indent=1))
     summary = table(runs)
-    verdicts = verdict(summary)
-    text = markdown(summary, verdicts, sys.argv[1:] if argv is None else list(argv))
+    verdicts = verdict(summary, args.baseline)
+    text = markdown(summary, verdicts, sys.argv[1:] if argv is None else list(argv), args.steps_like if args.steps_from else None,
+                    args.baseline)
     print("\n" + text)
     (args.out / "results.md").write_text(text)
     (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "summary": summary, "verdict": verdicts, "runs": runs}, indent=1))
