@@ -234,11 +234,19 @@ class CityPipeline(VanillaPipeline):
         return prior.learn_prior([(self, b) for b in blocks], self.model.prior, self.config.meta)
 
     def task_loss(self, params: Dict[str, torch.Tensor], b: int, step: int) -> torch.Tensor:
-        """Photometric loss of block b's rays drawn at `step`, with the active slot's weights = params."""
+        """Photometric loss of block b's rays drawn at `step`, with the active slot's weights = params
+        (each ray weighted by its FIM-NeRF score with --pipeline.meta.fisher-weighting)."""
         self.stream.activate(b)  # block geometry (the weights come from `params`)
         ray_bundle, data = self.datamanager.next_train(step)
-        outputs = call(self.model, {"active." + k: v for k, v in params.items()}, ray_bundle)
-        return torch.mean((outputs["rgb"] - data["image"].to(outputs["rgb"])) ** 2)
+        weighted, features = self.config.meta.fisher_weighting, self.model.fisher_features
+        self.model.fisher_features = features or weighted
+        try:
+            outputs = call(self.model, {"active." + k: v for k, v in params.items()}, ray_bundle)
+        finally:
+            self.model.fisher_features = features
+        if weighted:
+            data = {**data, "ray_weights": fisher_loss_weights(self.model.fisher_scores(outputs, data), self.config.fisher.weight_range)}
+        return self.model.get_loss_dict(outputs, data)["rgb_loss"]
 
     # ------------------------------------------------------------------ stream
     def resume_step(self) -> int:

@@ -47,6 +47,8 @@ class MetaLearningConfig:
     """Blocks per outer step."""
     seed: int = 0
     """Seed of the task and ray draws."""
+    fisher_weighting: bool = False
+    """Weight each ray's inner-loop loss by its FIM-NeRF score, as --pipeline.fisher.loss-weighting does while a block trains (within --pipeline.fisher.weight-range): Fisher-weighted samples where the paper puts them, in the meta-learning."""
     continual: bool = False
     """Meta-continual: after each block finishes, move θ_shared towards its weights (a Reptile step), so later blocks start from what earlier ones learned."""
     continual_epsilon: float = 0.2

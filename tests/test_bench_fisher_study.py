@@ -59,15 +59,20 @@ def test_bench_fisher_study_smoke(tmp_path):
     assert "sampling_corrected" in result["verdict"]
     assert (out / "psnr_vs_time.png").stat().st_size > 0
     assert "| sampling_corrected |" in (out / "results.md").read_text()
-    # The untimed mode: each capture trains the steps per block the timed `off` run reached.
+    # The untimed mode: each capture trains the steps per block the timed `off` run reached; a
+    # --prior variant starts every block from the given θ_shared file.
+    prior = next((ROOT / "mclnf_city" / "priors").glob("blockfield-L12-*.pt"))
     again = tmp_path / "again"
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / "fisher_study.py"), "--smoke", "--out", str(again),
                            "--work", str(tmp_path / "work"), "--steps-from", str(out / "results.json"), "--steps-like", "off",
-                           "--jobs", "2"], capture_output=True, text=True, timeout=900)
+                           "--jobs", "2", "--prior", f"meta={prior}", "--variants", "off", "sampling_corrected", "prior_meta"],
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     timed_off = {r["capture"]: r["steps_per_block"] for r in result["runs"] if r["variant"] == "off"}
     untimed = json.loads((again / "results.json").read_text())["runs"]
-    assert {r["variant"] for r in untimed} == {"off", "sampling_corrected"}
+    assert {r["variant"] for r in untimed} == {"off", "sampling_corrected", "prior_meta"}
+    log = (again / "runs" / "prior_meta_seed0_orbit_tower" / "logs" / "orbit_tower_mclnf-city_seed0.log").read_text()
+    assert f"θ_shared: prior file {prior}" in log, log[-2000:]
     for r in untimed:
         assert r["steps_per_block"] == timed_off[r["capture"]] and r["steps_like"] == "off"
     assert "steps per block `off` reached" in (again / "results.md").read_text()
@@ -109,3 +114,18 @@ def test_downscaled_capture_keeps_every_ray(tiny_capture, tmp_path):
         pixel_angle = 1.0 / float(cams[1].fx[0])
         assert torch.allclose(rays[0], rays[1], atol=2 * pixel_angle)
     assert (small / "transforms.json").stat().st_mtime == downscaled_capture(tiny_capture, small, 20).joinpath("transforms.json").stat().st_mtime
+
+
+def test_score_agreement_compares_both_scores_of_the_same_rays(tiny_capture, tmp_path):
+    result = fisher_study.agreement("tiny", tiny_capture, steps=2, out=tmp_path, rays=20)
+    assert [row["step"] for row in result["checkpoints"]] == [0, 2]
+    for row in result["checkpoints"]:
+        assert -1.0 <= row["spearman"] <= 1.0 and 0.0 <= row["top_10_percent_overlap"] <= 1.0
+    assert json.loads((tmp_path / "score_agreement_tiny.json").read_text()) == result
+
+
+def test_rank_correlation():
+    a = torch.tensor([0.1, 0.5, 0.3, 0.9])
+    assert math.isclose(fisher_study.rank_correlation(a, a * 10 + 1), 1.0)
+    assert math.isclose(fisher_study.rank_correlation(a, -a), -1.0)
+    assert math.isclose(fisher_study.rank_correlation(a, torch.tensor([1.0, 2.0, 4.0, 3.0])), 0.4)

@@ -203,3 +203,42 @@ def test_patch_scores_with_importance_correction_in_training(trained_block):
     finally:
         pipeline.model.get_loss_dict = real_loss
         fisher.granularity, fisher.importance_correction, fisher.score_decay, dm.score_buffer = saved
+
+
+def test_meta_inner_loop_weights_each_ray_by_its_score(trained_block):
+    """--pipeline.meta.fisher-weighting: a meta-learning task's loss is the per-ray squared error
+    weighted by the same rays' bounded FIM-NeRF scores (the weights block training uses)."""
+    pipeline, _ = trained_block
+    model, dm, b = pipeline.model, pipeline.datamanager, pipeline.stream[0]
+    params = {k: v.detach().clone() for k, v in model.active.named_parameters()}  # the trained block's
+    saved_state = {k: v.clone() for k, v in model.active.state_dict().items()}  # a task resets the slot to θ_shared
+    model.train()
+    dm.fisher, saved_fisher = None, dm.fisher  # uniform draws: the same rays at the same step
+    model.fisher_features = False  # as when FIM-NeRF is off for the stream
+    step = 10_000_321
+
+    def task_loss(weighted: bool) -> torch.Tensor:
+        pipeline.config.meta.fisher_weighting = weighted
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return pipeline.task_loss(params, b, step)
+
+    try:
+        plain, weighted = task_loss(False), task_loss(True)
+        assert model.fisher_features is False, "the meta-learning loss must leave the stream's setting alone"
+        torch.manual_seed(0)
+        pipeline.stream.activate(b)
+        ray_bundle, data = dm.next_train(step)
+        model.active.load_state_dict(saved_state)
+        model.fisher_features = True
+        with torch.no_grad():
+            outputs = model(ray_bundle)
+        per_ray = torch.mean((outputs["rgb"] - data["image"][..., :3]) ** 2, dim=-1)
+        w = fisher_loss_weights(model.fisher_scores(outputs, data), pipeline.config.fisher.weight_range)
+    finally:
+        pipeline.config.meta.fisher_weighting = False
+        dm.fisher, model.fisher_features = saved_fisher, True
+        model.active.load_state_dict(saved_state)
+    assert torch.allclose(plain, per_ray.mean(), rtol=1e-5)
+    assert torch.allclose(weighted, (per_ray * w).mean(), rtol=1e-5)
+    assert w.min() < 1 < w.max() and not torch.allclose(weighted, plain)

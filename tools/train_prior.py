@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--inner-lr", type=float, default=1e-2)
     parser.add_argument("--outer-lr", type=float, default=0.5)
     parser.add_argument("--tasks-per-batch", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the meta-learning's task and ray draws")
+    parser.add_argument("--fisher-weighting", action="store_true",
+                        help="weight each ray's inner-loop loss by its FIM-NeRF score (--pipeline.meta.fisher-weighting)")
     parser.add_argument("--rays", type=int, default=1024, help="rays per inner step")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the cities are generated (default: a temp dir)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "mclnf_city" / "priors")
@@ -48,7 +51,7 @@ def main() -> None:
     if args.first_seed <= 0 < args.first_seed + args.cities or args.first_seed + args.cities > 900:
         parser.error("seeds must avoid 0 (the demo city) and >= 900 (benchmark cities)")
 
-    from mclnf_city.pipeline import bundled_prior_path, learn_prior
+    from mclnf_city.prior import bundled_prior_path, learn_prior
     from mclnf_city.files import atomic_write_bytes
     from mclnf_city.store import sha256, tensor_bytes
 
@@ -72,6 +75,7 @@ def main() -> None:
     cfg = pipelines[0].config.meta
     cfg.meta_steps, cfg.algorithm, cfg.inner_steps = args.meta_steps, args.algorithm, args.inner_steps
     cfg.inner_lr, cfg.outer_lr, cfg.tasks_per_batch = args.inner_lr, args.outer_lr, args.tasks_per_batch
+    cfg.fisher_weighting, cfg.seed = args.fisher_weighting, args.seed
     t0 = time.time()
     theta = learn_prior(tasks, pipelines[0].model.prior, cfg)
     meta_seconds = time.time() - t0
@@ -91,7 +95,7 @@ def main() -> None:
         "city_parameters": STANDARD_CITY,
         "start": "default init, seed 0",
         "meta_learning": {k: getattr(cfg, k) for k in ("algorithm", "meta_steps", "inner_steps", "inner_lr", "outer_lr",
-                                                        "tasks_per_batch", "seed")},
+                                                        "tasks_per_batch", "seed", "fisher_weighting")},
         "rays_per_inner_step": args.rays,
         "seconds": {"generate_and_setup": round(generated, 1), "meta_training": round(meta_seconds, 1)},
         "machine": {"torch_threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},

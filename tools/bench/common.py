@@ -73,11 +73,11 @@ def default_data_dir() -> Path:
 
 def downscaled_capture(src: Path, dst: Path, max_size: int) -> Path:
     """A copy of the nerfstudio capture `src` in `dst` with every image's long side at most
-    `max_size` (area average) and the intrinsics scaled to match; other files are linked.
-    Made once: an existing `dst/transforms.json` is reused."""
+    `max_size` (downscaled as `mclnf-process --max-size` does) and the intrinsics scaled to match;
+    other files are linked. Made once: an existing `dst/transforms.json` is reused."""
     import shutil
 
-    from PIL import Image
+    from mclnf_city.capture.images import prepare_images
 
     if (dst / "transforms.json").is_file():
         return dst
@@ -85,6 +85,10 @@ def downscaled_capture(src: Path, dst: Path, max_size: int) -> Path:
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    folders: Dict[str, List[Path]] = {}
+    for frame in meta["frames"]:
+        folders.setdefault(str(Path(frame["file_path"]).parent), []).append(src / frame["file_path"])
+    sizes = {folder: prepare_images(paths, tmp / folder, max_size) for folder, paths in folders.items()}
 
     def scale_intrinsics(entry: Dict, w: int, h: int) -> None:
         if "w" in entry:
@@ -92,12 +96,8 @@ def downscaled_capture(src: Path, dst: Path, max_size: int) -> Path:
             entry.update(w=w, h=h, fl_x=entry["fl_x"] * sx, fl_y=entry["fl_y"] * sy, cx=entry["cx"] * sx, cy=entry["cy"] * sy)
 
     for frame in meta["frames"]:
-        image = Image.open(src / frame["file_path"])
-        s = min(1.0, max_size / max(image.size))
-        w, h = max(1, round(image.width * s)), max(1, round(image.height * s))
-        target = tmp / frame["file_path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image.convert("RGB").resize((w, h), Image.BOX).save(target, quality=95)
+        path = Path(frame["file_path"])
+        w, h = sizes[str(path.parent)][path.name]
         scale_intrinsics(frame, w, h)
         scale_intrinsics(meta, w, h)  # shared intrinsics: every image has the same size
     for extra in src.iterdir():

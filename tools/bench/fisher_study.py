@@ -24,6 +24,15 @@ at the steps it reached, times K): longer schedules without an idle machine.
     python tools/bench/fisher_study.py ... --steps-from TIMED/results.json --steps-like sampling \
         --variants off sampling_u0.8 sampling_decay --seeds 0 --jobs 2 --out OTHER_DIR
 
+`--prior NAME=PATH` adds a variant `prior_NAME`: FIM-NeRF off, every block starting from that
+θ_shared file. With priors meta-learned by `tools/train_prior.py` with and without
+`--fisher-weighting` (Fisher-weighted rays in the meta-learning's inner loop), a short untimed
+schedule measures how fast each prior adapts to the blocks of captures it never saw:
+
+    python tools/bench/fisher_study.py ... --prior plain=PLAIN.pt fisher=FISHER.pt \
+        --variants prior_plain prior_fisher --baseline prior_plain \
+        --steps-from TIMED/results.json --steps-like off --steps-scale 0.25 --jobs 2
+
 `--heatmap NAME=PATH` trains the first block of a capture with FIM-NeRF sampling (the
 `mclnf-city` preset, in this process) and draws the score of every pixel of the block's
 photo with the most pixels over that photo (score_heatmap.jpg: photo | score | overlay).
@@ -38,8 +47,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import os
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -227,6 +236,29 @@ def plot(summary: Dict, out: Path) -> None:
     plt.close(fig)
 
 
+def first_block_training(data: Path, steps: int, run_dir: Path, seed: int = 0):
+    """Train block 1 of the stream (the `mclnf-city` preset, FIM-NeRF sampling on) for `steps`,
+    in this process; yields (step, pipeline) before every optimiser step and after the last."""
+    import torch
+
+    from mclnf_city.trainer import preset_config, setup_trainer
+
+    config = preset_config("mclnf-city", data, run_dir, steps_per_block=steps)
+    config.pipeline.fisher.sampling = True
+    config.pipeline.datamanager.seed = seed
+    pipeline = setup_trainer(config).pipeline
+    optimizer = torch.optim.Adam(pipeline.model.active.parameters(), lr=config.optimizers["fields"]["optimizer"].lr, eps=1e-15)
+    for step in range(steps + 1):
+        if step < steps:
+            _, losses, _ = pipeline.get_train_loss_dict(step)  # step 0 places θ_shared on the block
+        yield step, pipeline
+        if step == steps:
+            return
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+
 def heatmap(name: str, data: Path, steps: int, out: Path, seed: int = 0) -> Dict:
     """Train block 1 of the stream with FIM-NeRF sampling for `steps`, then score every pixel of
     its photo with the most pixels; write the photo, the heat map and the overlay side by side."""
@@ -234,20 +266,9 @@ def heatmap(name: str, data: Path, steps: int, out: Path, seed: int = 0) -> Dict
     import torch
     from PIL import Image
 
-    from mclnf_city.trainer import preset_config, setup_trainer
-
-    config = preset_config("mclnf-city", data, out / "heatmap_run", steps_per_block=steps)
-    config.pipeline.fisher.sampling = True
-    config.pipeline.datamanager.seed = seed
-    trainer = setup_trainer(config)
-    pipeline = trainer.pipeline
+    for _, pipeline in first_block_training(data, steps, out / "heatmap_run", seed):
+        pass
     model, dm = pipeline.model, pipeline.datamanager
-    optimizer = torch.optim.Adam(model.active.parameters(), lr=config.optimizers["fields"]["optimizer"].lr, eps=1e-15)
-    for step in range(steps):
-        _, losses, _ = pipeline.get_train_loss_dict(step)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
     block = pipeline.stream[0]
     pool = dm.pool(block)
     images = pool.indices(torch.arange(len(pool)), dm.widths)[:, 0]
@@ -280,11 +301,56 @@ def heatmap(name: str, data: Path, steps: int, out: Path, seed: int = 0) -> Dict
     return result
 
 
+def rank_correlation(a, b) -> float:
+    """Spearman's rank correlation of two score vectors (ties broken by order)."""
+    import torch
+
+    ra, rb = (torch.argsort(torch.argsort(v)).double() for v in (a, b))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def agreement(name: str, data: Path, steps: int, out: Path, rays: int = 128, seed: int = 0) -> Dict:
+    """How well the closed-form score ranks rays like the exact one (‖∇_θ ℓ_r‖² over every
+    parameter of the block) through a block's training: at steps 0, 10, 30, 100, 300, ... of
+    block 1 (FIM-NeRF sampling on), both scores of `rays` uniformly drawn training rays."""
+    import torch
+
+    at = sorted({s for s in (0, 10, 30, 100, 300, 1000, steps) if s <= steps})
+    rows = []
+    for step, pipeline in first_block_training(data, steps, out / "agreement_run", seed):
+        if step not in at:
+            continue
+        model, dm = pipeline.model, pipeline.datamanager
+        dm.fisher, saved = None, dm.fisher  # a uniform draw, away from the training steps' draws
+        try:
+            ray_bundle, batch = dm.next_train(50_000_000 + step)
+        finally:
+            dm.fisher = saved
+        ray_bundle, batch = ray_bundle[:rays], {"image": batch["image"][:rays]}
+        model.train()
+        outputs = model(ray_bundle)
+        proxy, exact = model.fisher_scores(outputs, batch), model.fisher_scores(outputs, batch, exact=True)
+        k = max(1, rays // 10)
+        top = len(set(torch.topk(proxy, k).indices.tolist()) & set(torch.topk(exact, k).indices.tolist())) / k
+        rows.append({"step": step, "spearman": rank_correlation(proxy, exact), "top_10_percent_overlap": top})
+        print(f"{name} block {pipeline.stream[0]} step {step}: Spearman {rows[-1]['spearman']:.3f}, "
+              f"top 10 % shared {100 * top:.0f} %", flush=True)
+    result = {"capture": name, "rays": rays, "steps": steps, "seed": seed, "checkpoints": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"score_agreement_{name}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captures", nargs="*", default=["oblique_serpentine", "street_walk"], help="zoo captures (tools/bench/zoo.py)")
     p.add_argument("--real", nargs="*", default=[], metavar="NAME=PATH", help="real nerfstudio captures, e.g. made by mclnf-process")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=None,
+                   help=f"of {', '.join(VARIANTS)} and prior_NAME for every --prior NAME=PATH (default: all of them)")
+    p.add_argument("--prior", nargs="*", default=[], metavar="NAME=PATH",
+                   help="variants prior_NAME: FIM-NeRF off, every block starting from the θ_shared file PATH (e.g. priors "
+                        "meta-learned by tools/train_prior.py with and without --fisher-weighting)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budgets", nargs="+", type=float, default=[600.0], help="training seconds per run (several: a PSNR-vs-time curve)")
     p.add_argument("--mclnf-set", nargs="*", default=[], metavar="PATH=VALUE", help="change the preset for every variant")
@@ -300,6 +366,10 @@ def main(argv=None) -> int:
     p.add_argument("--list", action="store_true", help="print the variants and their settings")
     p.add_argument("--heatmap", metavar="NAME=PATH", help="draw where the score concentrates on a photo of this capture (no study run)")
     p.add_argument("--heatmap-steps", type=int, default=300, help="steps of the first block before the heat map is drawn")
+    p.add_argument("--agreement", nargs="+", metavar="NAME=PATH",
+                   help="rank agreement of the closed-form score with the exact one through the first block's training, "
+                        "per capture (no study run; --agreement-steps steps)")
+    p.add_argument("--agreement-steps", type=int, default=300)
     p.add_argument("--steps-from", type=Path, metavar="RESULTS_JSON",
                    help="instead of timed runs: train every capture the steps per block that --steps-like reached in this "
                         "timed study (its largest budget); the PSNR then does not depend on the machine's load")
@@ -309,11 +379,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="with --steps-from: train this many times those steps (--steps-like own --steps-scale 3: equal "
                         "wall time at three times the timed budget, each variant at its own measured cost per step)")
-    p.add_argument("--baseline", default="off", choices=list(VARIANTS),
+    p.add_argument("--baseline", default="off",
                    help="the variant every gain is measured against (e.g. sampling, for its own variants at --steps-like sampling)")
     p.add_argument("--jobs", type=int, default=1, help="with --steps-from: runs at once (one thread each)")
     p.add_argument("--resume", action="store_true", help="keep the runs of --out/results.json and run only the missing ones")
-    p.add_argument("--smoke", action="store_true", help="two variants, one tiny capture, seconds")
+    p.add_argument("--smoke", action="store_true", help="one tiny capture, seconds (two variants unless --variants)")
     args = p.parse_args(argv)
     if args.list:
         for name, settings in VARIANTS.items():
@@ -326,31 +396,43 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         heatmap(name, Path(path), args.heatmap_steps, args.out)
         return 0
+    if args.agreement:
+        for entry in args.agreement:
+            name, _, path = entry.partition("=")
+            if not path or not (Path(path) / "transforms.json").is_file():
+                p.error(f"--agreement {entry}: expected NAME=PATH of a nerfstudio capture (PATH/transforms.json)")
+            agreement(name, Path(path), args.agreement_steps, args.out)
+        return 0
+    for entry in args.prior:
+        name, _, path = entry.partition("=")
+        if not path or not Path(path).is_file():
+            p.error(f"--prior {entry}: expected NAME=PATH of a θ_shared file (tools/train_prior.py writes them)")
+        VARIANTS[f"prior_{name}"] = [f"pipeline.prior={str(Path(path).resolve())!r}"]
+    if args.smoke:
+        args.captures, args.real, args.seeds, args.budgets = ["orbit_tower"], [], [0], [6.0]
+        args.variants = args.variants or ["off", "sampling_corrected"]
+    args.variants = args.variants or list(VARIANTS)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     if args.baseline not in args.variants:
         p.error(f"the variants must include the baseline {args.baseline!r}: every gain is measured against it")
-    if args.smoke:
-        args.captures, args.real, args.variants, args.seeds, args.budgets = ["orbit_tower"], [], ["off", "sampling_corrected"], [0], [6.0]
     args.out.mkdir(parents=True, exist_ok=True)
     runs: List[Dict] = []
     if args.resume and (args.out / "results.json").is_file():
         runs = json.loads((args.out / "results.json").read_text())["runs"]
         print(f"resuming: {len(runs)} runs kept from {args.out / 'results.json'}")
     done = {(r["variant"], float(r["budget"]), r["seed"]) for r in runs}
-    if args.steps_from:
-        for seed in args.seeds:
-            for variant in args.variants:
-                if any(v == variant and s == seed for v, _, s in done):
-                    continue
-                runs += run_at_steps(args, variant, seed)
-                (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "runs": runs}, indent=1))
     # Seeds outermost: a study stopped early still compares every variant on the same seeds.
-    for budget in ([] if args.steps_from else args.budgets):
-        for seed in args.seeds:
-            for variant in args.variants:
-                if (variant, budget, seed) in done:
-                    continue
-                runs += run_variant(args, variant, budget, seed, args.out / "runs" / f"{variant}_{budget:g}s_seed{seed}")
-                (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "runs": runs}, indent=1))
+    # Untimed (--steps-from): the budget follows from the steps, so a (variant, seed) is done once.
+    todo = [(None, seed, variant) for seed in args.seeds for variant in args.variants] if args.steps_from else \
+        [(budget, seed, variant) for budget in args.budgets for seed in args.seeds for variant in args.variants]
+    for budget, seed, variant in todo:
+        if any(v == variant and s == seed and (budget is None or b == budget) for v, b, s in done):
+            continue
+        runs += run_at_steps(args, variant, seed) if budget is None else \
+            run_variant(args, variant, budget, seed, args.out / "runs" / f"{variant}_{budget:g}s_seed{seed}")
+        (args.out / "results.json").write_text(json.dumps({"command": sys.argv[1:], "runs": runs}, indent=1))
     summary = table(runs)
     verdicts = verdict(summary, args.baseline)
     text = markdown(summary, verdicts, sys.argv[1:] if argv is None else list(argv), args.steps_like if args.steps_from else None,
