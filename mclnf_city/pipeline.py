@@ -111,6 +111,7 @@ class CityPipeline(VanillaPipeline):
         if world_size > 1 and (config.grow_city is not None or config.recapture_blocks):
             raise ValueError("--pipeline.grow-city and --pipeline.recapture-blocks train on one process for now")
         config.fisher.check()
+        config.meta.check()
         data = config.datamanager.data or config.datamanager.dataparser.data
         check_capture(config.datamanager.dataparser, data)
         with grow.city_frame(config):  # a grown city's capture is parsed in the city's frame (grow.py)

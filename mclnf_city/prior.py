@@ -54,6 +54,10 @@ class MetaLearningConfig:
     continual_epsilon: float = 0.2
     """Step size of the meta-continual update θ ← θ + ε (φ_block − θ)."""
 
+    def check(self) -> None:
+        if self.fisher_weighting and self.meta_steps == 0:
+            raise ValueError("--pipeline.meta.fisher-weighting weights the rays of meta-learning: set --pipeline.meta.meta-steps > 0")
+
 
 # Package data, so that a wheel install finds them too (assets/priors links here).
 PRIOR_DIR = Path(__file__).resolve().parent / "priors"

@@ -8,6 +8,7 @@ import torch
 
 from conftest import tiny_trainer_config
 from mclnf_city.fisher import FisherConfig, ScoreBuffer, exact_fisher, fisher_loss_weights, importance_weights, score_groups
+from mclnf_city.prior import MetaLearningConfig
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -177,6 +178,9 @@ def test_sampling_variants_without_sampling_are_refused():
     with pytest.raises(ValueError, match="score-decay"):
         FisherConfig(sampling=True, score_decay=1.5).check()
     FisherConfig(sampling=True, importance_correction=True, score_decay=0.9, granularity="patch").check()
+    with pytest.raises(ValueError, match="meta-steps"):
+        MetaLearningConfig(fisher_weighting=True).check()
+    MetaLearningConfig(fisher_weighting=True, meta_steps=1).check()
 
 
 def test_patch_scores_with_importance_correction_in_training(trained_block):
