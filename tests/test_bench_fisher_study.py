@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -129,3 +130,11 @@ def test_rank_correlation():
     assert math.isclose(fisher_study.rank_correlation(a, a * 10 + 1), 1.0)
     assert math.isclose(fisher_study.rank_correlation(a, -a), -1.0)
     assert math.isclose(fisher_study.rank_correlation(a, torch.tensor([1.0, 2.0, 4.0, 3.0])), 0.4)
+
+
+def test_zero_steps_of_heatmap_or_agreement_are_refused(capsys):
+    for flag in ("--heatmap-steps", "--agreement-steps"):
+        with pytest.raises(SystemExit) as exit:
+            fisher_study.main([flag, "0", "--heatmap", "x=/nonexistent"])
+        assert exit.value.code == 2
+        assert f"{flag} 0" in capsys.readouterr().err

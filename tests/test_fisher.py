@@ -3,19 +3,17 @@ bounded loss weights, and a sampler that can draw every pixel."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
-from conftest import tiny_trainer_config
+from conftest import ROOT, tiny_trainer_config
 from mclnf_city.fisher import FisherConfig, ScoreBuffer, exact_fisher, fisher_loss_weights, importance_weights, score_groups
 from mclnf_city.prior import MetaLearningConfig
 
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra = torch.argsort(torch.argsort(a)).double()
-    rb = torch.argsort(torch.argsort(b)).double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+sys.path.insert(0, str(ROOT / "tools" / "bench"))
+from fisher_study import rank_correlation  # noqa: E402  (the study's own measure, tested in test_bench_fisher_study)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +89,7 @@ def test_proxy_ranks_rays_like_the_exact_score(trained_block):
     outputs = model(ray_bundle)
     proxy = model.fisher_scores(outputs, batch)
     exact = model.fisher_scores(outputs, batch, exact=True)
-    rho = spearman(proxy, exact)
+    rho = rank_correlation(proxy, exact)
     print(f"Spearman(last-layer proxy, exact) = {rho:.3f} on {len(proxy)} rays")
     assert rho >= 0.8
 

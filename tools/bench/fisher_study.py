@@ -392,6 +392,9 @@ def main(argv=None) -> int:
         for name, settings in VARIANTS.items():
             print(f"{name:20s} {' '.join(settings) or '(FIM-NeRF off: the preset as shipped)'}")
         return 0
+    for flag, steps in (("--heatmap-steps", args.heatmap_steps), ("--agreement-steps", args.agreement_steps)):
+        if steps < 1:
+            p.error(f"{flag} {steps}: the first block is placed on its first training step, so give at least 1")
     if args.heatmap:
         name, _, path = args.heatmap.partition("=")
         if not path or not (Path(path) / "transforms.json").is_file():
