@@ -50,9 +50,12 @@ mclnf_city = MethodSpecification(
             # 1024 rays at lr 2e-2 21.43 dB (3e-2: 21.27, 4e-2: 20.31), one run each, on the demo city's test views.
             # lr 2e-2 checked since on validation views of the zoo and lund_door: 1e-2 -0.84 dB,
             # 4e-2 +0.16 dB, not a win (tools/bench/README.md, how the defaults were chosen).
+            # Rays per step checked there too (validation views, 120 s): 2048 -0.41 dB,
+            # 512 +0.24 dB over two seeds, not a win.
             datamanager=CityDataManagerConfig(train_num_rays_per_batch=1024),
             # 24 + 24 samples: the same test PSNR as 32 + 32 at equal steps on the demo city
-            # (18.41 vs 18.38 dB, 4 x 100 steps) for 1.3x less time per step.
+            # (18.41 vs 18.38 dB, 4 x 100 steps) for 1.3x less time per step. 16 + 16 on
+            # validation views at 120 s: +0.19 dB, one seed, not a win.
             model=CityModelConfig(field=BlockFieldSpec(), num_coarse_samples=24, num_fine_samples=24),
             grid=(2, 2),
             steps_per_block=2000,
