@@ -12,6 +12,7 @@ import pytest
 from mclnf_city.scenes.make_city import generate_city
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools" / "bench"))  # the benchmark scripts' modules, for their tests
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

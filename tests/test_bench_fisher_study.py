@@ -11,13 +11,10 @@ import sys
 import pytest
 import torch
 
+import fisher_study
+from common import parse_setting
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "tools" / "bench"))
-import fisher_study  # noqa: E402
-
-from mclnf_city.fisher import FisherConfig  # noqa: E402
-from common import parse_setting  # noqa: E402
+from mclnf_city.fisher import FisherConfig
 
 
 def test_every_variant_is_a_valid_fisher_setting():

@@ -3,17 +3,13 @@ bounded loss weights, and a sampler that can draw every pixel."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
-from conftest import ROOT, tiny_trainer_config
+from conftest import tiny_trainer_config
 from mclnf_city.fisher import FisherConfig, ScoreBuffer, exact_fisher, fisher_loss_weights, importance_weights, score_groups
 from mclnf_city.prior import MetaLearningConfig
-
-sys.path.insert(0, str(ROOT / "tools" / "bench"))
-from fisher_study import rank_correlation  # noqa: E402  (the study's own measure, tested in test_bench_fisher_study)
+from fisher_study import rank_correlation  # the study's own measure, tested in test_bench_fisher_study
 
 
 @pytest.fixture(scope="module")
